@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One command for the benchmarks in BENCHMARKS.md:
+#   bench/run.sh           full run (3 rounds, ~8 minutes of machine time)
+#   bench/run.sh --quick   smoke run (1 round, short runs, ~1.5 minutes)
+# Extra flags go to bench/bench.py (--rounds, --duration, --rate, --peers ...).
+# Installs what it needs (Debian packages), builds lifeline --release once, and leaves no
+# process behind (every peer runs in its own process group and is stopped by pid).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for pair in haproxy:haproxy nginx:nginx wrk:wrk h2load:nghttp2-client python3:python3; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Debian packages start their services on install where allowed; the benchmark needs the
+# ports and the CPU to itself.
+for svc in nginx haproxy; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    echo "note: the system $svc service is running and will compete for CPU" >&2
+  fi
+done
+
+cargo build --release --quiet
+exec python3 bench/bench.py "$@"

@@ -1,0 +1,173 @@
+//! The SQLite journal's schema, pragmas, row mapping and start-up recovery.
+//!
+//! Durability settings are the point of this file: WAL with `synchronous=FULL` makes every
+//! COMMIT fsync the WAL, so a committed item survives a crash or power loss (research §0 — with
+//! `NORMAL` a committed transaction may roll back on power loss). Items are never deleted.
+
+use rusqlite::{params, Connection, OpenFlags, Row};
+
+use crate::grace::clock::now_ms;
+use crate::grace::store::{Item, State, StoreError};
+
+const DDL: &str = "
+CREATE TABLE IF NOT EXISTS items (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    receipt_id       TEXT NOT NULL UNIQUE,
+    idem_key         TEXT NOT NULL UNIQUE,
+    fingerprint      BLOB NOT NULL,
+    policy           TEXT NOT NULL,
+    route            TEXT NOT NULL,
+    card_ref         TEXT NOT NULL,
+    card_masked      TEXT NOT NULL,
+    institution      TEXT NOT NULL,
+    amount_fen       INTEGER NOT NULL,
+    reason           TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    method           TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    payload          BLOB NOT NULL,
+    encrypted        INTEGER NOT NULL,
+    accepted_ms      INTEGER NOT NULL,
+    deadline_ms      INTEGER NOT NULL,
+    updated_ms       INTEGER NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms  INTEGER NOT NULL DEFAULT 0,
+    final_status     INTEGER,
+    final_body       TEXT,
+    backend_ref      TEXT,
+    last_error       TEXT,
+    remaining_count  INTEGER,
+    remaining_amount INTEGER
+);
+CREATE INDEX IF NOT EXISTS items_state ON items(state, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS items_lane ON items(card_ref, seq);
+CREATE TABLE IF NOT EXISTS transitions (
+    id         INTEGER PRIMARY KEY,
+    receipt_id TEXT NOT NULL,
+    from_state TEXT,
+    to_state   TEXT NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    actor      TEXT NOT NULL,
+    note       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_item ON transitions(receipt_id, id);
+CREATE TABLE IF NOT EXISTS audit (
+    id     INTEGER PRIMARY KEY,
+    at_ms  INTEGER NOT NULL,
+    actor  TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+";
+
+/// Columns of [`Item`], in the order [`item`] reads them.
+pub const ITEM_COLS: &str = "seq, receipt_id, idem_key, fingerprint, policy, route, card_ref, card_masked, \
+    institution, amount_fen, reason, state, method, path, payload, encrypted, accepted_ms, deadline_ms, \
+    updated_ms, attempts, next_attempt_ms, final_status, final_body, backend_ref, last_error, \
+    remaining_count, remaining_amount";
+
+/// SQL list of the states that still count as exposure.
+pub const OUTSTANDING: &str = "('journaled','forwarding','retry_wait','unknown','querying','expired','needs_review')";
+
+/// Reads one item row selected with [`ITEM_COLS`].
+pub fn item(r: &Row<'_>) -> rusqlite::Result<Item> {
+    let state: String = r.get(11)?;
+    Ok(Item {
+        seq: r.get(0)?,
+        receipt_id: r.get(1)?,
+        idem_key: r.get(2)?,
+        fingerprint: r.get(3)?,
+        policy: r.get(4)?,
+        route: r.get(5)?,
+        card_ref: r.get(6)?,
+        card_masked: r.get(7)?,
+        institution: r.get(8)?,
+        amount_fen: r.get(9)?,
+        reason: r.get(10)?,
+        state: State::parse(&state).unwrap_or(State::NeedsReview),
+        method: r.get(12)?,
+        path: r.get(13)?,
+        payload: r.get(14)?,
+        encrypted: r.get::<_, i64>(15)? != 0,
+        accepted_ms: r.get(16)?,
+        deadline_ms: r.get(17)?,
+        updated_ms: r.get(18)?,
+        attempts: r.get(19)?,
+        next_attempt_ms: r.get(20)?,
+        final_status: r.get(21)?,
+        final_body: r.get(22)?,
+        backend_ref: r.get(23)?,
+        last_error: r.get(24)?,
+        remaining_count: r.get(25)?,
+        remaining_amount: r.get(26)?,
+    })
+}
+
+/// Opens the writer connection: creates the file and schema, WAL, `synchronous=FULL`.
+pub fn open_writer(path: &std::path::Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create journal directory {}: {e}", dir.display())))?;
+    }
+    let conn = Connection::open(path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError(format!("{} cannot use WAL mode (got {mode})", path.display())));
+    }
+    // The writer never checkpoints inside a commit (`checkpoint.rs` does it on the side), so a
+    // commit costs one WAL fsync.
+    conn.execute_batch(
+        "PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA cache_size=-16000; \
+         PRAGMA wal_autocheckpoint=0; PRAGMA temp_store=MEMORY;",
+    )?;
+    conn.execute_batch(DDL)?;
+    Ok(conn)
+}
+
+/// Opens a read connection on an existing journal (never creates one).
+pub fn open_reader(path: &std::path::Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError(format!("cannot open journal {}: {e}", path.display())))?;
+    conn.execute_batch("PRAGMA busy_timeout=10000; PRAGMA query_only=1;")?;
+    Ok(conn)
+}
+
+/// `PRAGMA integrity_check`; an error names what SQLite found.
+pub fn integrity_check(conn: &Connection) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let rows: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        Ok(())
+    } else {
+        Err(StoreError(format!("journal integrity check failed: {}", rows.join("; "))))
+    }
+}
+
+/// Items that were in flight when the process died may have reached the backend: they become
+/// `unknown`, so the forwarder asks the backend before any resend (invariant 4).
+pub fn recover_in_flight(conn: &Connection) -> Result<u64, StoreError> {
+    let now = now_ms();
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "INSERT INTO transitions(receipt_id, from_state, to_state, at_ms, actor, note) \
+         SELECT receipt_id, state, 'unknown', ?1, 'recovery', 'in flight when the sidecar stopped; query before resend' \
+         FROM items WHERE state IN ('forwarding','querying')",
+        params![now],
+    )?;
+    let n = tx.execute(
+        "UPDATE items SET state='unknown', updated_ms=?1, next_attempt_ms=0 WHERE state IN ('forwarding','querying')",
+        params![now],
+    )?;
+    tx.commit()?;
+    Ok(n as u64)
+}
+
+/// Size of the journal in bytes (pages in use).
+pub fn journal_bytes(conn: &Connection) -> u64 {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap_or(0);
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap_or(4096);
+    (pages.max(0) as u64) * (size.max(0) as u64)
+}

@@ -1,0 +1,173 @@
+//! Header rewriting at the proxy boundary: hop-by-hop removal, forwarding headers, request ids.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_LIFELINE_ERROR: HeaderName = HeaderName::from_static("x-lifeline-error");
+pub static X_LIFELINE_ATTEMPTS: HeaderName = HeaderName::from_static("x-lifeline-attempts");
+pub static X_LIFELINE_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-lifeline-timeout-ms");
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
+static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
+///
+/// On the hot path for every request and response: the usual single `Connection` value is
+/// taken out of the map (no clone) and the headers it names are removed by `&str` lookup, so no
+/// `HeaderName` or list is allocated.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.get_all(CONNECTION).iter().nth(1).is_some() {
+        // Several Connection headers (rare): collect them, then strip what each names.
+        let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+        for v in &values {
+            remove_named(headers, v);
+        }
+    } else if let Some(v) = headers.remove(CONNECTION) {
+        remove_named(headers, &v);
+    }
+    for name in [&CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE] {
+        headers.remove(name);
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &PROXY_AUTHENTICATE, &PROXY_AUTHORIZATION] {
+        headers.remove(name);
+    }
+}
+
+/// Removes every header named in a `Connection` value (`close` and `keep-alive` name none here).
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    if let Ok(list) = connection.to_str() {
+        for token in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            headers.remove(token);
+        }
+    }
+}
+
+/// Adds the peer to `x-forwarded-for` and sets `x-forwarded-proto` when absent.
+pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
+    // The address is formatted on the stack (an IPv6 address is at most 45 characters).
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{peer}");
+    let len = cursor.position() as usize;
+    let peer = &buf[..len];
+    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prev) if !prev.trim_ascii().is_empty() => HeaderValue::from_bytes(&[prev, b", ", peer].concat()),
+        _ => HeaderValue::from_bytes(peer),
+    };
+    if let Ok(v) = value {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+}
+
+/// The caller's `x-request-id` if it is sane (1–128 visible ASCII characters), else a new one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+/// A random 128-bit id in the UUID v4 text form.
+pub fn new_request_id() -> HeaderValue {
+    let bits: u128 = rand::random();
+    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    // Hex digits straight into a stack buffer: one allocation (the header value) per id.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut nibble = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
+        nibble += 1;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Bytes the request line and headers take, as a client would have sent them (HTTP/1.1 form).
+pub fn header_bytes(uri_len: usize, headers: &HeaderMap) -> usize {
+    headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + uri_len + 16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get("x-app").unwrap(), "kept");
+    }
+
+    #[test]
+    fn strips_what_every_connection_header_names() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("X-One"));
+        h.append(CONNECTION, HeaderValue::from_static("close, x-two"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-app"));
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4_text() {
+        let a = new_request_id();
+        let s = a.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(s.matches('-').count(), 4);
+        assert_eq!([&s[8..9], &s[13..14], &s[18..19], &s[23..24]], ["-"; 4]);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
+        assert!(s.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(new_request_id(), a);
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "http");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "2001:db8::ffff:1".parse().unwrap());
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "2001:db8::ffff:1");
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_generated() {
+        let mut h = HeaderMap::new();
+        let id = request_id(&h);
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id.to_str().unwrap()[14..15], "4");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+    }
+}

@@ -1,0 +1,221 @@
+//! The proxy listener: HTTP/1.1 and h2c on one port, routing to clusters.
+//!
+//! [`Proxy::handle`] is the outermost step of every request: it assigns the request id, checks
+//! header and body limits, matches a route, runs the route's service stack, turns any error
+//! into an answer through [`respond`], and records the access log line and metrics.
+
+pub mod body;
+pub mod headers;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod stack;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::error::{ErrorKind, LifelineError};
+use crate::runtime::{RouteEntry, Runtime};
+use crate::telemetry::{names, redact::mask};
+use body::ProxyBody;
+use stack::RequestCtx;
+
+/// State the proxy shares with the app: the runtime snapshot and the drain flag.
+pub struct Proxy {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub draining: Arc<AtomicBool>,
+    pub access_log: Arc<AtomicBool>,
+    in_flight: metrics::Gauge,
+}
+
+impl Proxy {
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>, draining: Arc<AtomicBool>, access_log: Arc<AtomicBool>) -> Proxy {
+        Proxy { runtime, draining, access_log, in_flight: metrics::gauge!(names::REQUESTS_IN_FLIGHT) }
+    }
+
+    /// Serves one request. Never fails: every error is an answer.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let received = Instant::now();
+        let _in_flight = InFlight::enter(&self.in_flight);
+        let rt = self.runtime.load_full();
+        let (parts, body) = req.into_parts();
+        let request_id = headers::request_id(&parts.headers);
+        let version = parts.version;
+        let method = parts.method.clone();
+        // Only the access log needs an owned copy of the path.
+        let access_log = self.access_log.load(Ordering::Relaxed);
+        let path = access_log.then(|| parts.uri.path().to_string());
+
+        let route = rt.route(&parts);
+        let receipt_id = crate::grace::receipt_request(&rt, &parts);
+        let mut resp = match (receipt_id, check_request(&rt, &parts, route)) {
+            (Some(id), _) => crate::grace::receipt::serve(&rt.grace, id).await,
+            (None, Err(err)) => respond::lifeline_error_response(&err, &request_id),
+            (None, Ok(route)) => forward(route, parts, body, peer, &request_id, received).await,
+        };
+        resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        if self.draining.load(Ordering::Relaxed) && version <= http::Version::HTTP_11 {
+            // Tell keep-alive clients to reconnect (to a pod that is not going away).
+            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let elapsed = received.elapsed();
+        if let Some(route) = route {
+            route.metrics.duration.record(elapsed.as_secs_f64());
+        }
+        if let Some(path) = path {
+            let error = resp.headers().get(&headers::X_LIFELINE_ERROR).and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info!(
+                target: "lifeline::access",
+                request_id = request_id.to_str().unwrap_or(""),
+                method = %method,
+                path = %mask(&path),
+                route = route.map(|r| &*r.config.name).unwrap_or("-"),
+                cluster = route.map(|r| &*r.config.cluster).unwrap_or("-"),
+                status = resp.status().as_u16(),
+                error,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                peer = %peer.ip(),
+            );
+        }
+        Ok(resp)
+    }
+}
+
+/// Counts a request in flight until dropped (also when the client goes away mid-request).
+struct InFlight<'a>(&'a metrics::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(g: &'a metrics::Gauge) -> Self {
+        g.increment(1.0);
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Limits and routing that answer before any upstream is involved.
+fn check_request<'a>(
+    rt: &Runtime,
+    parts: &http::request::Parts,
+    route: Option<&'a RouteEntry>,
+) -> Result<&'a RouteEntry, LifelineError> {
+    let max = rt.config.limits.max_header_bytes;
+    let uri_len = parts.uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(1)
+        + parts.uri.authority().map(|a| a.as_str().len()).unwrap_or(0);
+    if headers::header_bytes(uri_len, &parts.headers) > max {
+        return Err(LifelineError::new(ErrorKind::HeadersTooLarge, format!("request headers exceed {max} bytes")));
+    }
+    if parts.version == http::Version::HTTP_11 {
+        // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host header gets a 400.
+        let hosts = parts.headers.get_all(HOST).iter().count();
+        if hosts != 1 {
+            let msg = if hosts == 0 { "HTTP/1.1 requests need a Host header" } else { "more than one Host header" };
+            return Err(LifelineError::new(ErrorKind::BadRequest, msg));
+        }
+    }
+    let Some(route) = route else {
+        return Err(LifelineError::new(
+            ErrorKind::NoRoute,
+            format!("no route for {} {}", parts.method, mask(parts.uri.path())),
+        ));
+    };
+    if let Some(len) = parts.headers.get(CONTENT_LENGTH) {
+        match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            // 413 before reading a byte when Content-Length already says the body is too large.
+            Some(n) if n > route.config.max_body => {
+                return Err(LifelineError::new(
+                    ErrorKind::BodyTooLarge,
+                    format!(
+                        "request body of {n} bytes is larger than the route's limit of {} bytes",
+                        route.config.max_body
+                    ),
+                ))
+            }
+            Some(_) => {}
+            None => return Err(LifelineError::new(ErrorKind::BadRequest, "content-length is not a number")),
+        }
+    }
+    Ok(route)
+}
+
+/// Runs the route's stack and turns its result into the response.
+async fn forward(
+    route: &RouteEntry,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    peer: SocketAddr,
+    request_id: &HeaderValue,
+    received: Instant,
+) -> Response<ProxyBody> {
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let limited = body::Limited::new(body, route.config.max_body, exceeded.clone());
+    prepare_upstream(&mut parts, peer, request_id);
+    parts.extensions.insert(RequestCtx {
+        request_id: request_id.clone(),
+        route: route.route_label.clone(),
+        cluster: route.cluster_label.clone(),
+        received,
+    });
+    let req = Request::from_parts(parts, body::boxed(limited));
+    match call_route(route.service.clone(), req).await {
+        Ok(mut resp) => {
+            headers::strip_hop_by_hop(resp.headers_mut());
+            route.metrics.count_status(resp.status());
+            resp
+        }
+        Err(err) => {
+            let err = if exceeded.load(Ordering::Relaxed) {
+                let msg = format!("request body is larger than {} bytes", route.config.max_body);
+                LifelineError::new(ErrorKind::BodyTooLarge, msg).boxed()
+            } else {
+                err
+            };
+            count_local(route, &err);
+            respond::error_response(&err, request_id)
+        }
+    }
+}
+
+/// Runs a route's stack. A named function with an erased future type sidesteps the
+/// higher-ranked lifetime inference that trips over `dyn Error` inside `async fn` bodies.
+fn call_route(
+    svc: stack::HttpService,
+    req: Request<ProxyBody>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, crate::error::BoxError>> + Send>> {
+    Box::pin(tower::ServiceExt::oneshot(svc, req))
+}
+
+/// Header rewriting for the upstream request.
+fn prepare_upstream(parts: &mut http::request::Parts, peer: SocketAddr, request_id: &HeaderValue) {
+    // HTTP/2 requests carry the host in :authority; HTTP/1.1 upstreams need a Host header.
+    if !parts.headers.contains_key(HOST) {
+        if let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.insert(HOST, v);
+        }
+    }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::add_forwarded(&mut parts.headers, peer.ip());
+    parts.headers.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+}
+
+fn count_local(route: &RouteEntry, err: &crate::error::BoxError) {
+    let code = LifelineError::find(err.as_ref()).map(|e| e.kind.code()).unwrap_or("upstream_reset");
+    metrics::counter!(names::REQUESTS_TOTAL, "route" => route.config.name.clone(), "cluster" => route.config.cluster.clone(), "outcome" => code)
+        .increment(1);
+}

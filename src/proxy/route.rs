@@ -1,0 +1,78 @@
+//! Route matching: host, method, exact path and path prefix; first match in config order wins.
+
+use http::request::Parts;
+
+use crate::config::MatchConfig;
+
+/// Host of the request without port, from `Host` (HTTP/1.1) or the URI authority (HTTP/2).
+pub fn request_host(parts: &Parts) -> Option<&str> {
+    let raw = parts
+        .uri
+        .authority()
+        .map(|a| a.host())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))?;
+    // Strip a port; keep bracketed IPv6 literals whole.
+    Some(match raw.rfind(':') {
+        Some(i) if !raw.ends_with(']') && raw[..i].rfind(':').is_none() => &raw[..i],
+        _ => raw,
+    })
+}
+
+/// True when `parts` satisfies every condition of `m`.
+pub fn matches(m: &MatchConfig, parts: &Parts) -> bool {
+    if let Some(method) = &m.method {
+        if parts.method != method {
+            return false;
+        }
+    }
+    let path = parts.uri.path();
+    if let Some(p) = &m.path {
+        if path != p {
+            return false;
+        }
+    }
+    if let Some(prefix) = &m.path_prefix {
+        if !path.starts_with(prefix.as_str()) {
+            return false;
+        }
+    }
+    if let Some(host) = &m.host {
+        match request_host(parts) {
+            Some(h) if h.eq_ignore_ascii_case(host) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, uri: &str, host: Option<&str>) -> Parts {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn each_condition_must_hold() {
+        let m = MatchConfig {
+            host: Some("pay.local".into()),
+            method: Some(http::Method::POST),
+            path: Some("/payment/v1/settlements".into()),
+            path_prefix: None,
+        };
+        assert!(matches(&m, &parts("POST", "/payment/v1/settlements", Some("PAY.local:8080"))));
+        assert!(!matches(&m, &parts("GET", "/payment/v1/settlements", Some("pay.local"))));
+        assert!(!matches(&m, &parts("POST", "/payment/v1/settlements/1", Some("pay.local"))));
+        assert!(!matches(&m, &parts("POST", "/payment/v1/settlements", Some("other"))));
+        assert!(!matches(&m, &parts("POST", "/payment/v1/settlements", None)));
+        let prefix = MatchConfig { path_prefix: Some("/auth/".into()), ..Default::default() };
+        assert!(matches(&prefix, &parts("GET", "/auth/v1/tokens/x?y=1", None)));
+        assert!(!matches(&prefix, &parts("GET", "/authx", None)));
+        assert!(matches(&MatchConfig::default(), &parts("GET", "/", None)));
+    }
+}

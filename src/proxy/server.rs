@@ -1,0 +1,87 @@
+//! Accept loop and connection handling, shared by the proxy and admin listeners.
+//!
+//! One hyper-util `auto` builder serves HTTP/1.1 and HTTP/2 prior knowledge (h2c) on the same
+//! port. Shutdown is a parameter (mini-redis style): when `stop` fires the loop stops accepting,
+//! every connection is told to finish gracefully (HTTP/1 closes after its in-flight response,
+//! HTTP/2 sends GOAWAY), and [`serve`] returns once they are done or `grace` has passed.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use super::body::ProxyBody;
+
+/// Limits applied to each connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// HTTP/1 read buffer (hyper answers 431 on its own past this).
+    pub max_buf_size: usize,
+    /// HTTP/2 header list size.
+    pub max_header_list_size: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits { max_buf_size: 256 << 10, max_header_list_size: 256 << 10 }
+    }
+}
+
+/// Serves `listener` with `handler` until `stop` completes, then drains for up to `grace`.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: ConnLimits,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
+    name: &'static str,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(limits.max_buf_size).keep_alive(true);
+    builder.http2().max_header_list_size(limits.max_header_list_size).max_concurrent_streams(1024);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(listener = name, error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let svc = service_fn(move |req| handler(req, peer));
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(err) = conn.await {
+                        tracing::debug!(listener = name, error = %err, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(listener = name, "stopped accepting; draining connections");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!(listener = name, "all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!(listener = name, "grace period over with connections still open"),
+    }
+}

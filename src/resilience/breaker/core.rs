@@ -1,0 +1,293 @@
+//! The breaker's decision logic as a plain state machine: outcomes and time in, transitions out.
+//!
+//! No atomics, no tasks, no clock of its own, so it can be checked against a reference model
+//! (see `tests.rs`). The policy task owns one `Core` and mirrors its state into the gate.
+//!
+//! Closed: every call goes into the sliding window; the breaker trips on N consecutive
+//! failures, or (once `min_calls` calls are in the window) on the failure rate or the slow-call
+//! rate reaching its threshold. Open: for `open_for`, doubled on every trip that follows a failed
+//! probe, capped at `max_open_for`, shortened by up to `open_jitter`. Half-open: exactly
+//! `half_open_calls` probes; it closes once enough of them succeeded (`half_open_success`) and
+//! reopens as soon as too many failed to reach that share. A slow probe counts as failed.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::config::BreakerConfig;
+use super::window::{Figures, Sliding};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Why a transition happened (a bounded set: it is a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    ConsecutiveFailures,
+    FailureRate,
+    SlowCallRate,
+    OpenElapsed,
+    ProbesSucceeded,
+    ProbeFailed,
+    Operator,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::ConsecutiveFailures => "consecutive_failures",
+            Reason::FailureRate => "failure_rate",
+            Reason::SlowCallRate => "slow_call_rate",
+            Reason::OpenElapsed => "open_elapsed",
+            Reason::ProbesSucceeded => "probes_succeeded",
+            Reason::ProbeFailed => "probe_failed",
+            Reason::Operator => "operator",
+        }
+    }
+}
+
+/// What the breaker saw when it decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Evidence {
+    #[serde(flatten)]
+    pub window: Figures,
+    pub failure_rate_bp: u32,
+    pub slow_call_rate_bp: u32,
+    pub consecutive_failures: u32,
+    pub probes_succeeded: u32,
+    pub probes_failed: u32,
+}
+
+/// One state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+    pub reason: Reason,
+    pub evidence: Evidence,
+    /// When the breaker opened: for how long.
+    pub open_for: Option<Duration>,
+}
+
+/// The breaker's state machine.
+pub struct Core {
+    cfg: BreakerConfig,
+    state: State,
+    open_until: Instant,
+    window: Sliding,
+    consecutive: u32,
+    /// Trips since the breaker was last closed; drives the exponential open time.
+    trips: u32,
+    probes_ok: u32,
+    probes_failed: u32,
+    /// Returns a number in `0..10_000` (basis points of the jitter to apply).
+    jitter: Box<dyn FnMut() -> u32 + Send>,
+}
+
+impl Core {
+    pub fn new(cfg: BreakerConfig, now: Instant, jitter: Box<dyn FnMut() -> u32 + Send>) -> Core {
+        let window = Sliding::new(cfg.window, now);
+        Core {
+            cfg,
+            state: State::Closed,
+            open_until: now,
+            window,
+            consecutive: 0,
+            trips: 0,
+            probes_ok: 0,
+            probes_failed: 0,
+            jitter,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.cfg
+    }
+
+    /// When the breaker will next change on its own (the end of the open period).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        (self.state == State::Open).then_some(self.open_until)
+    }
+
+    /// The figures right now.
+    pub fn evidence(&self, now: Instant) -> Evidence {
+        let window = self.window.figures(now);
+        Evidence {
+            window,
+            failure_rate_bp: Figures::rate_bp(window.failures, window.calls),
+            slow_call_rate_bp: Figures::rate_bp(window.slow, window.calls),
+            consecutive_failures: self.consecutive,
+            probes_succeeded: self.probes_ok,
+            probes_failed: self.probes_failed,
+        }
+    }
+
+    /// Open → half-open once the open period is over.
+    pub fn tick(&mut self, now: Instant) -> Option<Transition> {
+        if self.state != State::Open || now < self.open_until {
+            return None;
+        }
+        self.probes_ok = 0;
+        self.probes_failed = 0;
+        Some(self.go(State::HalfOpen, Reason::OpenElapsed, now))
+    }
+
+    /// Records one finished call admitted in the current state.
+    pub fn record(&mut self, failed: bool, slow: bool, now: Instant) -> Option<Transition> {
+        match self.state {
+            State::Open => None,
+            State::HalfOpen => self.record_probe(!failed && !slow, now),
+            State::Closed => {
+                self.window.record(failed, slow, now);
+                self.consecutive = if failed { self.consecutive + 1 } else { 0 };
+                let reason = self.trip_reason(now)?;
+                Some(self.trip(reason, now))
+            }
+        }
+    }
+
+    /// Back to closed with an empty window (an operator restored normal operation).
+    pub fn reset(&mut self, now: Instant) -> Option<Transition> {
+        self.trips = 0;
+        let t = (self.state != State::Closed).then(|| self.go(State::Closed, Reason::Operator, now));
+        self.window.clear();
+        self.consecutive = 0;
+        t
+    }
+
+    fn trip_reason(&self, now: Instant) -> Option<Reason> {
+        if self.cfg.consecutive_failures.is_some_and(|n| self.consecutive >= n) {
+            return Some(Reason::ConsecutiveFailures);
+        }
+        let f = self.window.figures(now);
+        if f.calls < self.cfg.min_calls {
+            return None;
+        }
+        let reached = |part: u32, bp: u32| u64::from(part) * 10_000 >= u64::from(bp) * u64::from(f.calls);
+        if self.cfg.failure_rate.is_some_and(|r| reached(f.failures, r.basis_points())) {
+            return Some(Reason::FailureRate);
+        }
+        if self.cfg.slow_call.is_some() && reached(f.slow, self.cfg.slow_call_rate.basis_points()) {
+            return Some(Reason::SlowCallRate);
+        }
+        None
+    }
+
+    fn record_probe(&mut self, ok: bool, now: Instant) -> Option<Transition> {
+        let n = self.cfg.half_open_calls;
+        if self.probes_ok + self.probes_failed >= n {
+            return None; // dry-run mode lets more than n calls through; only n are probes
+        }
+        if ok {
+            self.probes_ok += 1;
+        } else {
+            self.probes_failed += 1;
+        }
+        let required = required_successes(n, self.cfg.half_open_success.basis_points());
+        if self.probes_failed > n - required {
+            Some(self.trip(Reason::ProbeFailed, now))
+        } else if self.probes_ok >= required {
+            self.trips = 0;
+            let t = self.go(State::Closed, Reason::ProbesSucceeded, now);
+            self.window.clear();
+            self.consecutive = 0;
+            Some(t)
+        } else {
+            None
+        }
+    }
+
+    fn trip(&mut self, reason: Reason, now: Instant) -> Transition {
+        self.trips += 1;
+        let open_for = self.open_duration();
+        self.open_until = now + open_for;
+        let mut t = self.go(State::Open, reason, now);
+        t.open_for = Some(open_for);
+        self.window.clear();
+        self.consecutive = 0;
+        t
+    }
+
+    /// `open_for * 2^(trips-1)`, capped, minus up to `open_jitter` of it.
+    fn open_duration(&mut self) -> Duration {
+        let exp = self.trips.saturating_sub(1).min(30);
+        let base = self.cfg.open_for.saturating_mul(1u32 << exp).min(self.cfg.max_open_for);
+        let jitter_bp = u128::from(self.cfg.open_jitter.basis_points());
+        if jitter_bp == 0 {
+            return base;
+        }
+        let u = u128::from((self.jitter)() % 10_000);
+        let cut = base.as_nanos() * jitter_bp * u / 100_000_000;
+        base.saturating_sub(Duration::from_nanos(cut as u64))
+    }
+
+    fn go(&mut self, to: State, reason: Reason, now: Instant) -> Transition {
+        let evidence = self.evidence(now);
+        let from = std::mem::replace(&mut self.state, to);
+        Transition { from, to, reason, evidence, open_for: None }
+    }
+}
+
+/// Probes that must succeed: `ceil(n * bp / 10000)`, at least one.
+pub fn required_successes(n: u32, bp: u32) -> u32 {
+    ((u64::from(n) * u64::from(bp)).div_ceil(10_000) as u32).clamp(1, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Percent;
+
+    #[tokio::test(start_paused = true)]
+    async fn open_time_grows_with_jitter_under_the_cap() {
+        let cfg = BreakerConfig {
+            consecutive_failures: Some(1),
+            open_for: Duration::from_secs(1),
+            max_open_for: Duration::from_secs(5),
+            open_jitter: Percent::from_percent(50),
+            half_open_calls: 1,
+            ..BreakerConfig::default()
+        };
+        let mut seq = [9_999u32, 0, 5_000, 0, 0].into_iter().cycle();
+        let mut core = Core::new(cfg, Instant::now(), Box::new(move || seq.next().unwrap_or(0)));
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            let now = Instant::now();
+            let t = core.record(true, false, now).or_else(|| core.record(true, false, now)).unwrap();
+            got.push(t.open_for.unwrap());
+            tokio::time::advance(t.open_for.unwrap()).await;
+            assert_eq!(core.tick(Instant::now()).unwrap().to, State::HalfOpen);
+        }
+        let ms: Vec<u128> = got.iter().map(|d| d.as_millis()).collect();
+        // 1s cut by 49.99%, 2s, 4s cut by 25%, 5s (cap), 5s.
+        assert_eq!(ms, vec![500, 2000, 3000, 5000, 5000]);
+    }
+
+    #[test]
+    fn required_probe_successes() {
+        assert_eq!(required_successes(3, 10_000), 3);
+        assert_eq!(required_successes(3, 5_000), 2);
+        assert_eq!(required_successes(1, 100), 1);
+    }
+}

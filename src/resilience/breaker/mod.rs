@@ -1,0 +1,226 @@
+//! Circuit breaker: closed → open → half-open, per cluster (or per route when configured).
+//!
+//! The shape is Linkerd's: the request path only reads a [`gate::Gate`] (one atomic load, plus
+//! one atomic decrement for a half-open probe) and sends each finished call's classified outcome
+//! to a per-breaker policy task ([`task`]) over a channel. The task owns the state machine
+//! ([`core::Core`]), publishes every change into the gate, and keeps the decision log that
+//! `GET /breakers/events` serves. The semantics are Resilience4j's (count or time windows,
+//! `min_calls`, slow-call rate, N half-open probes, disabled / forced-open / metrics-only) with
+//! the trip conditions and evidence recorded for every transition (research §4.1).
+
+pub mod config;
+pub mod core;
+pub mod gate;
+pub mod layer;
+mod task;
+pub mod window;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{oneshot, Notify};
+
+use self::config::BreakerConfig;
+use self::core::Evidence;
+use self::gate::{Admit, Gate, Mode};
+use crate::error::{BoxError, ErrorKind, LifelineError};
+use crate::telemetry::names;
+
+/// Transitions kept per breaker for `GET /breakers/events`.
+pub const EVENTS_KEPT: usize = 256;
+
+/// Orders events of all breakers.
+static EVENT_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// One entry of the decision log.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub seq: u64,
+    pub at_unix_ms: u64,
+    pub breaker: String,
+    pub cluster: String,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub reason: &'static str,
+    pub mode: &'static str,
+    /// True when the breaker only reports (metrics_only): nothing was blocked.
+    pub dry_run: bool,
+    pub evidence: Evidence,
+    pub open_for_ms: Option<u64>,
+    /// The operator's reason, for overrides.
+    pub note: Option<String>,
+}
+
+/// What the admin API shows besides the live figures.
+#[derive(Debug, Default)]
+struct Status {
+    since_unix_ms: u64,
+    next_probe_unix_ms: Option<u64>,
+    last_trip: Option<Event>,
+    events: VecDeque<Event>,
+}
+
+enum Msg {
+    Outcome { epoch: u64, failed: bool, slow: bool, at: tokio::time::Instant },
+    SetMode { mode: Mode, note: String, ack: oneshot::Sender<()> },
+    Snapshot(oneshot::Sender<Evidence>),
+    Sync(oneshot::Sender<()>),
+}
+
+/// A live breaker: the gate the path reads and the handle to its policy task.
+pub struct Breaker {
+    pub name: String,
+    pub cluster: String,
+    pub config: BreakerConfig,
+    gate: Arc<Gate>,
+    tx: std::sync::mpsc::Sender<Msg>,
+    /// Wakes the policy task. Plain successes do not ring it (they cannot change the state); the
+    /// task picks them up in order with the next failure, probe or its periodic drain, so a busy
+    /// breaker costs the path a queue push, not a task wake-up per request.
+    wake: Arc<Notify>,
+    status: Arc<Mutex<Status>>,
+    task: tokio::task::JoinHandle<()>,
+    rejected: metrics::Counter,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Breaker {
+    /// Starts a breaker and its policy task (needs a tokio runtime). `mode` and `history` carry
+    /// the operator override and the decision log over from the breaker this one replaces when
+    /// a reload changed its config.
+    pub fn spawn(name: &str, cluster: &str, config: BreakerConfig, mode: Mode, history: Vec<Event>) -> Arc<Breaker> {
+        let gate = Arc::new(Gate::new(config.open_for));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wake = Arc::new(Notify::new());
+        let events: VecDeque<Event> = history.into_iter().rev().take(EVENTS_KEPT).rev().collect();
+        let status = Arc::new(Mutex::new(Status { since_unix_ms: unix_ms(), events, ..Status::default() }));
+        let ctx = task::Ctx::new(name, cluster, gate.clone(), status.clone(), mode);
+        let core = self::core::Core::new(
+            config.clone(),
+            tokio::time::Instant::now(),
+            Box::new(|| rand::random_range(0..10_000)),
+        );
+        let span = tracing::info_span!("breaker_policy", breaker = name);
+        let task = tokio::spawn(tracing::Instrument::instrument(task::run(core, ctx, rx, wake.clone()), span));
+        let rejected =
+            metrics::counter!(names::REJECTED_TOTAL, "cluster" => cluster.to_string(), "reason" => "circuit_open");
+        Arc::new(Breaker { name: name.into(), cluster: cluster.into(), config, gate, tx, wake, status, task, rejected })
+    }
+
+    /// The path's question. Counts refusals.
+    pub fn admit(&self) -> Admit {
+        let a = self.gate.admit();
+        if let Admit::No { .. } = a {
+            self.rejected.increment(1);
+        }
+        a
+    }
+
+    /// The error a refused call fails with (typed, so grace can take it: the request was not sent).
+    pub fn open_error(&self, retry_after: Duration) -> BoxError {
+        let (_, mode, state) = self.gate.load();
+        let what = if mode == Mode::ForcedOpen {
+            "forced open by an operator".to_string()
+        } else {
+            state.name().replace('_', "-")
+        };
+        LifelineError::new(ErrorKind::CircuitOpen, format!("circuit breaker {} is {what}; failing fast", self.name))
+            .with_cluster(&self.cluster)
+            .with_retry_after(retry_after)
+            .boxed()
+    }
+
+    fn send(&self, msg: Msg, urgent: bool) -> bool {
+        let sent = self.tx.send(msg).is_ok();
+        if urgent {
+            self.wake.notify_one();
+        }
+        sent
+    }
+
+    /// Reports a finished call admitted with `epoch` (`probe`: it was a half-open probe).
+    pub fn record(&self, epoch: u64, failed: bool, slow: bool, probe: bool) {
+        let at = tokio::time::Instant::now();
+        self.send(Msg::Outcome { epoch, failed, slow, at }, failed || slow || probe);
+    }
+
+    /// A call admitted as a probe ended without an outcome (the caller went away).
+    pub fn cancelled(&self, epoch: u64, probe: bool) {
+        if probe {
+            self.gate.return_probe(epoch);
+        }
+    }
+
+    /// Sets the operator mode; returns once the policy applied it.
+    pub async fn set_mode(&self, mode: Mode, note: &str) {
+        let (ack, done) = oneshot::channel();
+        if self.send(Msg::SetMode { mode, note: note.to_string(), ack }, true) {
+            let _ = done.await;
+        }
+    }
+
+    /// The current operator mode.
+    pub fn mode(&self) -> Mode {
+        self.gate.load().1
+    }
+
+    /// Waits until the policy task has handled everything sent before (tests, admin reads).
+    pub async fn sync(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Msg::Sync(tx), true) {
+            let _ = rx.await;
+        }
+    }
+
+    /// What `GET /breakers` shows for this breaker.
+    pub async fn snapshot(&self) -> serde_json::Value {
+        let (tx, rx) = oneshot::channel();
+        let live = if self.send(Msg::Snapshot(tx), true) { rx.await.ok() } else { None };
+        let (epoch, mode, state) = self.gate.load();
+        let status = self.status.lock().map(|s| (s.since_unix_ms, s.next_probe_unix_ms, s.last_trip.clone()));
+        let (since, next_probe, last_trip) = status.unwrap_or((0, None, None));
+        serde_json::json!({
+            "name": self.name,
+            "cluster": self.cluster,
+            "state": state.name(),
+            "mode": mode.name(),
+            "epoch": epoch,
+            "since_unix_ms": since,
+            "next_probe_unix_ms": if state == self::core::State::Open { next_probe } else { None },
+            "window": live,
+            "last_trip": last_trip,
+            "config": self.config,
+        })
+    }
+
+    /// The decision log, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.status.lock().map(|s| s.events.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Stops the policy task (shutdown). The gate keeps its last state.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,267 @@
+//! The breaker (gate + policy task) against a reference model, on paused tokio time.
+//!
+//! The model is written the obvious way (a list of every call since the last state change,
+//! filtered on each decision); the breaker under test uses ring buffers, atomics and a task.
+//! Any sequence of calls and clock jumps must give the same admissions, states and Retry-After.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tokio::time::Instant;
+
+use super::config::{BreakerConfig, Window, TIME_BUCKETS};
+use super::core::{required_successes, State};
+use super::gate::{Admit, Mode};
+use super::Breaker;
+use crate::config::Percent;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Call { failed: bool, slow: bool },
+    Advance(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MState {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { admitted: u32, ok: u32, failed: u32 },
+}
+
+struct Model {
+    cfg: BreakerConfig,
+    origin: Instant,
+    state: MState,
+    calls: Vec<(Instant, bool, bool)>,
+    consecutive: u32,
+    trips: u32,
+}
+
+impl Model {
+    fn tick(&mut self, now: Instant) {
+        if let MState::Open { until } = self.state {
+            if now >= until {
+                self.state = MState::HalfOpen { admitted: 0, ok: 0, failed: 0 };
+            }
+        }
+    }
+
+    fn admit(&mut self, now: Instant) -> bool {
+        self.tick(now);
+        match &mut self.state {
+            MState::Closed => true,
+            MState::Open { .. } => false,
+            MState::HalfOpen { admitted, .. } => {
+                *admitted += 1;
+                *admitted <= self.cfg.half_open_calls
+            }
+        }
+    }
+
+    fn in_window(&self, now: Instant) -> (u32, u32, u32) {
+        let chosen: Vec<&(Instant, bool, bool)> = match self.cfg.window {
+            Window::Count(n) => self.calls.iter().rev().take(n as usize).collect(),
+            Window::Time(d) => {
+                let width = (d / TIME_BUCKETS).as_nanos();
+                let idx = |t: Instant| (t - self.origin).as_nanos() / width;
+                let oldest = idx(now).saturating_sub(u128::from(TIME_BUCKETS) - 1);
+                self.calls.iter().filter(|c| idx(c.0) >= oldest).collect()
+            }
+        };
+        let n = chosen.len() as u32;
+        (n, chosen.iter().filter(|c| c.1).count() as u32, chosen.iter().filter(|c| c.2).count() as u32)
+    }
+
+    fn open(&mut self, now: Instant) {
+        self.trips += 1;
+        let d = (self.cfg.open_for * 2u32.pow((self.trips - 1).min(30))).min(self.cfg.max_open_for);
+        self.state = MState::Open { until: now + d };
+        self.calls.clear();
+        self.consecutive = 0;
+    }
+
+    fn record(&mut self, failed: bool, slow: bool, now: Instant) {
+        match self.state {
+            MState::Open { .. } => {}
+            MState::Closed => {
+                self.calls.push((now, failed, slow));
+                self.consecutive = if failed { self.consecutive + 1 } else { 0 };
+                let (calls, failures, slows) = self.in_window(now);
+                let over = |part: u32, p: Percent| part as f64 / calls as f64 >= p.as_ratio() - 1e-12;
+                let trip = self.cfg.consecutive_failures.is_some_and(|n| self.consecutive >= n)
+                    || (calls >= self.cfg.min_calls
+                        && (self.cfg.failure_rate.is_some_and(|r| over(failures, r))
+                            || (self.cfg.slow_call.is_some() && over(slows, self.cfg.slow_call_rate))));
+                if trip {
+                    self.open(now);
+                }
+            }
+            MState::HalfOpen { admitted, mut ok, failed: mut bad } => {
+                let n = self.cfg.half_open_calls;
+                if ok + bad >= n {
+                    return;
+                }
+                if failed || slow {
+                    bad += 1;
+                } else {
+                    ok += 1;
+                }
+                let need = required_successes(n, self.cfg.half_open_success.basis_points());
+                if bad > n - need {
+                    self.open(now);
+                } else if ok >= need {
+                    self.state = MState::Closed;
+                    self.trips = 0;
+                    self.calls.clear();
+                    self.consecutive = 0;
+                } else {
+                    self.state = MState::HalfOpen { admitted, ok, failed: bad };
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> State {
+        match self.state {
+            MState::Closed => State::Closed,
+            MState::Open { .. } => State::Open,
+            MState::HalfOpen { .. } => State::HalfOpen,
+        }
+    }
+}
+
+fn config() -> impl Strategy<Value = BreakerConfig> {
+    (
+        prop_oneof![
+            (1u32..20).prop_map(Window::Count),
+            (1u64..20).prop_map(|n| Window::Time(Duration::from_millis(n * 100)))
+        ],
+        1u32..10,
+        proptest::option::of(1u32..6),
+        proptest::option::of(10u32..=100),
+        proptest::option::of(50u64..500),
+        10u32..=100,
+        (1u64..20, 1u32..8),
+        1u32..5,
+        1u32..=100,
+    )
+        .prop_map(|(window, min_calls, consecutive, rate, slow, slow_rate, (open, mult), probes, success)| {
+            let min_calls = match window {
+                Window::Count(n) => min_calls.min(n),
+                Window::Time(_) => min_calls,
+            };
+            BreakerConfig {
+                consecutive_failures: consecutive,
+                failure_rate: rate.map(Percent::from_percent),
+                slow_call: slow.map(Duration::from_millis),
+                slow_call_rate: Percent::from_percent(slow_rate),
+                window,
+                min_calls,
+                open_for: Duration::from_millis(open * 100),
+                max_open_for: Duration::from_millis(open * 100 * u64::from(mult)),
+                open_jitter: Percent(0),
+                half_open_calls: probes,
+                half_open_success: Percent::from_percent(success),
+                ..BreakerConfig::default()
+            }
+        })
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        6 => (any::<bool>(), prop::bool::weighted(0.2)).prop_map(|(failed, slow)| Op::Call { failed, slow }),
+        1 => (0u64..3000).prop_map(Op::Advance),
+    ];
+    proptest::collection::vec(op, 1..150)
+}
+
+async fn check(cfg: BreakerConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let breaker = Breaker::spawn("t", "t", cfg.clone(), Mode::Normal, Vec::new());
+    let mut model =
+        Model { cfg, origin: Instant::now(), state: MState::Closed, calls: Vec::new(), consecutive: 0, trips: 0 };
+    for (i, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
+            Op::Call { failed, slow } => {
+                let now = Instant::now();
+                let expected = model.admit(now);
+                match breaker.admit() {
+                    Admit::Yes { epoch, probe, .. } => {
+                        prop_assert!(expected, "op {i}: admitted, model refuses in {:?}", model.state);
+                        breaker.record(epoch, failed, slow, probe);
+                        model.record(failed, slow, now);
+                    }
+                    Admit::No { retry_after } => {
+                        prop_assert!(!expected, "op {i}: refused, model admits in {:?}", model.state);
+                        if let MState::Open { until } = model.state {
+                            prop_assert_eq!(retry_after, until - now, "op {}: Retry-After", i);
+                        }
+                    }
+                }
+            }
+        }
+        breaker.sync().await;
+        model.tick(Instant::now());
+        prop_assert_eq!(breaker.gate.load().2, model.state(), "op {}: state", i);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #[test]
+    fn breaker_matches_reference_model(cfg in config(), ops in ops()) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(check(cfg, ops))?;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_modes() {
+    let cfg = BreakerConfig { consecutive_failures: Some(1), ..BreakerConfig::default() };
+    let b = Breaker::spawn("p", "p", cfg, Mode::Normal, Vec::new());
+    b.set_mode(Mode::ForcedOpen, "drill").await;
+    assert!(matches!(b.admit(), Admit::No { .. }));
+    b.set_mode(Mode::MetricsOnly, "tuning").await;
+    let Admit::Yes { epoch, .. } = b.admit() else { panic!("metrics_only never blocks") };
+    b.record(epoch, true, false, false);
+    b.sync().await;
+    assert_eq!(b.gate.load().2, State::Open, "it still decides");
+    assert!(matches!(b.admit(), Admit::Yes { .. }), "but never blocks");
+    b.set_mode(Mode::Disabled, "maintenance").await;
+    assert!(matches!(b.admit(), Admit::Yes { record: false, .. }));
+    b.set_mode(Mode::Normal, "done").await;
+    assert_eq!(b.gate.load().2, State::Closed);
+    let events = b.events();
+    assert!(events.iter().any(|e| e.dry_run && e.to == "open" && e.reason == "consecutive_failures"), "{events:?}");
+    assert_eq!(events.iter().filter(|e| e.reason == "operator").count(), 4);
+    assert!(events.last().unwrap().note.as_deref().unwrap().contains("disabled -> normal: done"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_probe_returns_its_permit_and_stale_outcomes_are_ignored() {
+    let cfg = BreakerConfig {
+        consecutive_failures: Some(1),
+        open_for: Duration::from_secs(1),
+        open_jitter: Percent(0),
+        half_open_calls: 1,
+        ..BreakerConfig::default()
+    };
+    let b = Breaker::spawn("p", "p", cfg, Mode::Normal, Vec::new());
+    let Admit::Yes { epoch: closed_epoch, .. } = b.admit() else { panic!() };
+    let Admit::Yes { epoch, .. } = b.admit() else { panic!() };
+    b.record(epoch, true, false, false);
+    b.sync().await;
+    // A straggler admitted while closed reports after the trip: ignored.
+    b.record(closed_epoch, false, false, false);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    b.sync().await;
+    assert_eq!(b.gate.load().2, State::HalfOpen);
+    let Admit::Yes { epoch, probe: true, .. } = b.admit() else { panic!() };
+    assert!(matches!(b.admit(), Admit::No { .. }), "only one probe");
+    b.cancelled(epoch, true);
+    let Admit::Yes { epoch, .. } = b.admit() else { panic!("the permit came back") };
+    b.record(epoch, false, false, true);
+    b.sync().await;
+    assert_eq!(b.gate.load().2, State::Closed);
+}

@@ -1,0 +1,219 @@
+//! Bulkhead: a cap on in-flight requests per cluster, with a small bounded pending queue.
+//!
+//! Sits inside the breaker, around each attempt. A request takes a permit and keeps it until its
+//! response body ends (a slow download still occupies the backend). When all permits are taken
+//! it may wait in the pending queue for at most `queue_timeout`; when the queue is full too, it
+//! is shed at once with `overloaded` (503). Never an unbounded queue: Linkerd's failfast queue
+//! and Envoy's `max_pending_requests` are the models (research §1A).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service};
+
+use super::Problems;
+use crate::config::Dur;
+use crate::error::{BoxError, ErrorKind, LifelineError};
+use crate::proxy::body::{self, ProxyBody};
+use crate::telemetry::names;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    /// Requests in flight to this cluster at most. Required.
+    pub max_in_flight: u32,
+    /// Requests allowed to wait for a slot; beyond that they are shed. Default 0 (no queue).
+    #[serde(default)]
+    pub max_pending: Option<u32>,
+    /// How long a request may wait in the queue. Default 100ms.
+    #[serde(default)]
+    pub queue_timeout: Option<Dur>,
+}
+
+/// A validated bulkhead.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitConfig {
+    pub max_in_flight: u32,
+    pub max_pending: u32,
+    pub queue_timeout: Dur,
+}
+
+impl RawLimit {
+    pub fn check(&self, p: &mut Problems) -> LimitConfig {
+        if !(1..=1_000_000).contains(&self.max_in_flight) {
+            p.push("max_in_flight", "must be between 1 and 1000000");
+        }
+        let max_pending = self.max_pending.unwrap_or(0);
+        if max_pending > 100_000 {
+            p.push("max_pending", "must be at most 100000 (shed load instead of queueing it)");
+        }
+        let queue_timeout = self.queue_timeout.unwrap_or(Dur(Duration::from_millis(100)));
+        if max_pending > 0 && queue_timeout.0.is_zero() {
+            p.push("queue_timeout", "must be greater than 0 when max_pending is set");
+        }
+        LimitConfig { max_in_flight: self.max_in_flight.max(1), max_pending, queue_timeout }
+    }
+}
+
+/// The live bulkhead of one scope (a cluster, or a route with its own block).
+#[derive(Debug)]
+pub struct Limiter {
+    pub config: LimitConfig,
+    cluster: String,
+    permits: Arc<Semaphore>,
+    pending: AtomicU32,
+    rejected_full: metrics::Counter,
+    rejected_wait: metrics::Counter,
+}
+
+impl Limiter {
+    pub fn new(cluster: &str, config: LimitConfig) -> Arc<Limiter> {
+        let reject = |reason: &'static str| metrics::counter!(names::REJECTED_TOTAL, "cluster" => cluster.to_string(), "reason" => reason);
+        Arc::new(Limiter {
+            permits: Arc::new(Semaphore::new(config.max_in_flight as usize)),
+            pending: AtomicU32::new(0),
+            rejected_full: reject("overloaded"),
+            rejected_wait: reject("queue_timeout"),
+            cluster: cluster.to_string(),
+            config,
+        })
+    }
+
+    /// Requests currently holding a slot.
+    pub fn in_flight(&self) -> u32 {
+        self.config.max_in_flight.saturating_sub(self.permits.available_permits() as u32)
+    }
+
+    fn overloaded(&self, why: &str) -> BoxError {
+        LifelineError::new(
+            ErrorKind::Overloaded,
+            format!("cluster {} is at its concurrency limit: {why}", self.cluster),
+        )
+        .with_cluster(&self.cluster)
+        .with_retry_after(Duration::from_secs(1))
+        .boxed()
+    }
+
+    /// Takes a slot, waiting in the bounded queue when allowed.
+    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, BoxError> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let queued = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.config.max_pending).then_some(n + 1));
+        if queued.is_err() {
+            self.rejected_full.increment(1);
+            return Err(self.overloaded(&format!("{} in flight and the queue is full", self.config.max_in_flight)));
+        }
+        let waited = tokio::time::timeout(self.config.queue_timeout.0, self.permits.clone().acquire_owned()).await;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        match waited {
+            Ok(Ok(p)) => Ok(p),
+            _ => {
+                self.rejected_wait.increment(1);
+                Err(self.overloaded(&format!("no slot freed within {}", self.config.queue_timeout)))
+            }
+        }
+    }
+}
+
+/// Applies a [`Limiter`] around each call.
+#[derive(Clone)]
+pub struct LimitLayer {
+    limiter: Arc<Limiter>,
+}
+
+impl LimitLayer {
+    pub fn new(limiter: Arc<Limiter>) -> Self {
+        LimitLayer { limiter }
+    }
+}
+
+impl<S> Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+    fn layer(&self, inner: S) -> Limit<S> {
+        Limit { inner, limiter: self.limiter.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Limit<S> {
+    inner: S,
+    limiter: Arc<Limiter>,
+}
+
+impl<S> Service<Request<ProxyBody>> for Limit<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limiter = self.limiter.clone();
+        Box::pin(async move {
+            let permit = limiter.acquire().await?;
+            let resp = super::call_boxed(&mut inner, req).await?;
+            // The slot is held until the response body is done (or dropped).
+            Ok(resp.map(|b| body::boxed(super::guard::Guarded::new(b, permit))))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(max: u32, pending: u32) -> Arc<Limiter> {
+        Limiter::new(
+            "t",
+            LimitConfig { max_in_flight: max, max_pending: pending, queue_timeout: Dur(Duration::from_millis(100)) },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sheds_when_full_and_queue_times_out() {
+        let l = limiter(1, 1);
+        let held = l.acquire().await.unwrap();
+        assert_eq!(l.in_flight(), 1);
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        // The queue (1) is taken by the waiter: the next one is shed at once.
+        let err = l.acquire().await.unwrap_err();
+        assert_eq!(LifelineError::kind_of(&err), ErrorKind::Overloaded);
+        // The waiter gives up after queue_timeout.
+        let err = waiter.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("no slot freed"), "{err}");
+        drop(held);
+        assert!(l.acquire().await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_request_gets_the_freed_slot() {
+        let l = limiter(1, 4);
+        let held = l.acquire().await.unwrap();
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        assert!(waiter.await.unwrap().is_ok());
+    }
+}

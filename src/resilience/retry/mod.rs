@@ -1,0 +1,219 @@
+//! Retries that are safe, budgeted and never a storm.
+//!
+//! Each request may be attempted up to `attempts` times, but only when another attempt cannot do
+//! harm: the method is idempotent, the request carries an `Idempotency-Key`, or the failure
+//! happened before anything was sent (design invariant 7). Only outcomes in `retry_on` are
+//! retried; every retry is paid from the scope's [`budget::Budget`]; waits use full-jitter
+//! backoff or the upstream's `Retry-After` (up to a cap); no retry starts that the request's
+//! deadline could not cover; the body is replayed only when it fit the replay cap. Each attempt
+//! carries the shared [`TriedEndpoints`] list so the balancer prefers an endpoint not tried yet.
+//! The response says how many attempts it took (`x-lifeline-attempts`).
+
+pub mod backoff;
+pub mod body;
+pub mod budget;
+pub mod config;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use self::body::Replay;
+use self::budget::Budget;
+use self::config::RetryConfig;
+use super::deadline::Deadline;
+use super::outcome_of;
+use crate::classify::{Classifier, Outcome};
+use crate::error::{BoxError, LifelineError};
+use crate::proxy::body::ProxyBody;
+use crate::proxy::headers::{IDEMPOTENCY_KEY, X_LIFELINE_ATTEMPTS};
+use crate::proxy::stack::TriedEndpoints;
+use crate::telemetry::names;
+
+/// Everything the retry layer of one route needs.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    pub config: RetryConfig,
+    pub budget: Arc<Budget>,
+    pub cluster: String,
+    pub classifier: Classifier,
+    exhausted: metrics::Counter,
+}
+
+impl RetryPolicy {
+    pub fn new(config: RetryConfig, budget: Arc<Budget>, cluster: &str, classifier: Classifier) -> Arc<Self> {
+        let exhausted = metrics::counter!(names::RETRY_BUDGET_EXHAUSTED_TOTAL, "cluster" => cluster.to_string());
+        Arc::new(RetryPolicy { config, budget, cluster: cluster.to_string(), classifier, exhausted })
+    }
+
+    /// RFC 9110 §9.2.2 idempotent methods.
+    fn idempotent(m: &Method) -> bool {
+        matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    }
+
+    /// How long to wait before another attempt, or `None` to give this result to the caller.
+    fn next(
+        &self,
+        attempt: u32,
+        outcome: Outcome,
+        result: &Result<Response<ProxyBody>, BoxError>,
+        resend_safe: bool,
+        replayable: bool,
+        deadline: Option<Instant>,
+    ) -> Option<Duration> {
+        let c = &self.config;
+        if attempt >= c.attempts || !c.retry_on.contains(outcome) || !replayable {
+            return None;
+        }
+        // A request that may have reached the backend is resent only if that is harmless.
+        if !matches!(outcome, Outcome::NotSent(_)) && !resend_safe {
+            return None;
+        }
+        let hinted = result.as_ref().ok().and_then(|r| backoff::retry_after(r.headers()));
+        let wait = match hinted {
+            Some(d) if d > c.retry_after_max => return None,
+            Some(d) => d,
+            None => backoff::full_jitter(c.backoff_base, c.backoff_max, attempt),
+        };
+        if deadline.is_some_and(|at| Instant::now() + wait >= at) {
+            return None;
+        }
+        if !self.budget.withdraw() {
+            self.exhausted.increment(1);
+            tracing::debug!(cluster = %self.cluster, "retry budget exhausted; returning the failure");
+            return None;
+        }
+        Some(wait)
+    }
+
+    async fn run<S>(self: Arc<Self>, mut svc: S, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, BoxError>
+    where
+        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.budget.deposit();
+        let (parts, body) = req.into_parts();
+        let resend_safe = (Self::idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY))
+            && parts.extensions.get::<crate::proxy::stack::ResendOnlyIfNotSent>().is_none();
+        let mut replay = if self.config.attempts > 1 {
+            Replay::prepare(body, &parts.headers, self.config.max_replay_body).await?
+        } else {
+            Replay::Once(Some(body))
+        };
+        let deadline = parts.extensions.get::<Deadline>().map(|d| d.at);
+        let tried = TriedEndpoints::default();
+        let mut attempt = 1u32;
+        loop {
+            let mut req = Request::new(replay.take().unwrap_or_else(crate::proxy::body::empty));
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+            *req.extensions_mut() = parts.extensions.clone();
+            req.extensions_mut().insert(tried.clone());
+            let result = match std::future::poll_fn(|cx| svc.poll_ready(cx)).await {
+                Ok(()) => super::call_boxed(&mut svc, req).await,
+                Err(e) => Err(e),
+            };
+            let outcome = outcome_of(&self.classifier, &result);
+            match self.next(attempt, outcome, &result, resend_safe, replay.can_replay(), deadline) {
+                None => return with_attempts(result, attempt),
+                Some(wait) => {
+                    drop(result);
+                    metrics::counter!(names::RETRIES_TOTAL, "cluster" => self.cluster.clone(), "reason" => outcome.label()).increment(1);
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The `x-lifeline-attempts` value: a static string for the usual counts (this runs on every
+/// answer; `HeaderValue::from(u32)` allocates twice).
+fn attempts_value(attempts: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(attempts as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(attempts),
+    }
+}
+
+/// Tells the caller how many attempts the answer took.
+fn with_attempts(
+    result: Result<Response<ProxyBody>, BoxError>,
+    attempts: u32,
+) -> Result<Response<ProxyBody>, BoxError> {
+    match result {
+        Ok(mut resp) => {
+            resp.headers_mut().insert(X_LIFELINE_ATTEMPTS.clone(), attempts_value(attempts));
+            Ok(resp)
+        }
+        Err(err) => match err.downcast::<LifelineError>() {
+            Ok(le) => Err(Box::new(le.with_attempts(attempts))),
+            Err(other) => Err(other),
+        },
+    }
+}
+
+#[derive(Clone)]
+pub struct RetryLayer {
+    policy: Arc<RetryPolicy>,
+}
+
+impl RetryLayer {
+    pub fn new(policy: Arc<RetryPolicy>) -> Self {
+        RetryLayer { policy }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry { inner, policy: self.policy.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    policy: Arc<RetryPolicy>,
+}
+
+impl<S> Service<Request<ProxyBody>> for Retry<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(self.policy.clone().run(inner, req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attempts_value;
+
+    #[test]
+    fn attempt_counts_render_as_decimal() {
+        for n in [0u32, 1, 2, 9, 10, 12, 300] {
+            assert_eq!(attempts_value(n), n.to_string().as_str());
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Upstream clusters: endpoints by priority, health, outlier ejection, failover, load balancing
+//! and the connection pool.
+//!
+//! A [`Cluster`] is the stateful half of a cluster config. Decisions happen off the request
+//! path, in tasks the app starts with [`activate`] and stops on shutdown:
+//! - the **controller** ([`controller`]) ticks every 100 ms and whenever the path reports a
+//!   crossed failure threshold: it runs passive outlier detection ([`outlier`]), owns one
+//!   active health-check task per endpoint ([`health`]), computes the traffic split across
+//!   priorities with failback hold and slow start ([`failover`]) and publishes it as a
+//!   [`failover::Plan`] through an `ArcSwap`;
+//! - the **resolver** re-resolves DNS names ([`resolve`]) and republishes the endpoint list.
+//!
+//! The request path ([`ClusterService`]) reads the plan, picks an endpoint ([`balance`]),
+//! counts the outcome with atomics, and re-picks at once when a connect fails (nothing was
+//! sent). Every decision is logged with its evidence ([`events`], `GET /clusters/events`).
+//!
+//! A cluster outlives a reload when its config did not change; when it did, the new cluster
+//! takes over each endpoint's state by address, so health and ejections survive (invariant 8).
+
+pub mod admin;
+mod balance;
+pub mod config;
+mod controller;
+pub mod endpoint;
+pub mod events;
+pub mod failover;
+pub mod health;
+pub mod operator;
+pub mod outlier;
+mod reclaim;
+pub mod resolve;
+mod service;
+mod shared;
+#[cfg(test)]
+mod tests;
+mod window;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use http::uri::Scheme;
+use http::{Request, Response, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+
+use crate::config::ClusterConfig;
+use crate::error::{BoxError, ErrorKind, LifelineError};
+use crate::proxy::body::{self, ProxyBody};
+pub use endpoint::{Endpoint, EndpointStats};
+use events::EventLog;
+use failover::Plan;
+use resolve::Resolve;
+pub use service::ClusterService;
+pub use shared::Shared;
+
+/// A cluster's endpoints, policy, background tasks and connection pool.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    shared: Arc<Shared>,
+    client: Client<HttpConnector, ProxyBody>,
+    started: AtomicBool,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("name", &self.config.name).finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Builds a fresh cluster with the system resolver.
+    pub fn new(config: &ClusterConfig) -> Result<Arc<Cluster>, BoxError> {
+        Ok(Cluster::build(config, None, resolve::system()))
+    }
+
+    /// Builds the cluster, taking over endpoint state, resolved addresses and the event log of
+    /// `previous` (the cluster of the same name in the config being replaced). Spawns nothing:
+    /// [`Cluster::start`] does.
+    pub fn build(config: &ClusterConfig, previous: Option<&Cluster>, resolver: Arc<dyn Resolve>) -> Arc<Cluster> {
+        let old: Vec<Arc<Endpoint>> = previous.map(|p| p.shared.endpoints.load().to_vec()).unwrap_or_default();
+        let mut all_resolved = true;
+        let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            config: config.clone(),
+            endpoints: ArcSwap::from_pointee(Vec::new()),
+            plan: ArcSwap::from_pointee(Plan::empty()),
+            wake: Arc::new(Notify::new()),
+            events: previous.map(|p| p.shared.events.clone()).unwrap_or_default(),
+            resolver,
+            resolved: AtomicBool::new(false),
+            warm: watch::Sender::new(false),
+            publishing: Mutex::new(()),
+        });
+        let mut list: Vec<Arc<Endpoint>> = Vec::new();
+        for ec in &config.endpoints {
+            let addrs: Vec<std::net::SocketAddr> = match ec.address.parse() {
+                Ok(addr) => vec![addr],
+                Err(_) => {
+                    let known: Vec<_> = old.iter().filter(|e| e.config.address == ec.address).map(|e| e.addr).collect();
+                    all_resolved &= !known.is_empty();
+                    known
+                }
+            };
+            for addr in addrs {
+                if !list.iter().any(|e| e.addr == addr) {
+                    list.push(shared.endpoint(ec, addr, &old));
+                }
+            }
+        }
+        shared.endpoints.store(Arc::new(list));
+        shared.resolved.store(all_resolved, Ordering::SeqCst);
+        controller::publish(&shared, tokio::time::Instant::now(), false);
+        shared.check_warm(tokio::time::Instant::now());
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.idle_timeout)
+            .pool_max_idle_per_host(config.max_idle_per_endpoint)
+            .build(connector);
+        Arc::new(Cluster {
+            config: config.clone(),
+            shared,
+            client,
+            started: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Starts the controller and, for DNS names, the resolver. Idempotent.
+    pub fn start(&self) {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let span = tracing::info_span!("upstream_controller", cluster = %self.config.name);
+        tasks.push(tokio::spawn(controller::run(self.shared.clone()).instrument(span)).abort_handle());
+        if self.config.endpoints.iter().any(|e| resolve::dns_name(&e.address).is_some()) {
+            let span = tracing::info_span!("upstream_dns", cluster = %self.config.name);
+            tasks.push(tokio::spawn(controller::resolve_loop(self.shared.clone()).instrument(span)).abort_handle());
+        }
+    }
+
+    /// Stops the background tasks (health checks included).
+    pub fn stop(&self) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// The shared state (admin API, tests).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Current endpoints (all priorities, DNS records expanded).
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.shared.endpoints.load_full()
+    }
+
+    /// Picks an endpoint from the published plan.
+    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        self.pick_avoiding(&|_| false)
+    }
+
+    /// Picks an endpoint, avoiding those for which `avoid(key)` is true when possible.
+    pub fn pick_avoiding(&self, avoid: &dyn Fn(&str) -> bool) -> Option<Arc<Endpoint>> {
+        self.shared.plan.load().pick(self.config.policy.load_balancer, avoid)
+    }
+
+    /// Waits (at most a connect timeout, plus one health check with `wait_first_check`) until
+    /// the cluster is warm: DNS names resolved, first checks done. Returns at once afterwards.
+    pub async fn wait_ready(&self) {
+        if *self.shared.warm.borrow() {
+            return;
+        }
+        let checks = self.config.policy.health_check.as_ref().filter(|h| !h.start_healthy);
+        let max = self.config.connect_timeout + checks.map(|h| h.timeout + h.transition_interval).unwrap_or_default();
+        let mut rx = self.shared.warm.subscribe();
+        let _ = tokio::time::timeout(max, rx.wait_for(|r| *r)).await;
+    }
+
+    /// Sends `req` to `endpoint`, rewriting the URI to point at it.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let pq = req.uri().path_and_query().cloned();
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(endpoint.authority.clone());
+        parts.path_and_query = pq.or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+        *req.uri_mut() = Uri::from_parts(parts)?;
+        *req.version_mut() = http::Version::HTTP_11;
+        let stats = &endpoint.state.stats;
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = self.client.request(req).await;
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let fail = |kind, what: &str, err: &hyper_util::client::legacy::Error| {
+            LifelineError::new(
+                kind,
+                format!("{what} {} of cluster {}: {}", endpoint.key, self.config.name, source_text(err)),
+            )
+            .with_cluster(&self.config.name)
+            .boxed()
+        };
+        match result {
+            Ok(resp) => Ok(resp.map(body::boxed)),
+            Err(err) if err.is_connect() => Err(fail(ErrorKind::ConnectFailed, "cannot connect to", &err)),
+            Err(err) => Err(fail(ErrorKind::UpstreamReset, "request failed on", &err)),
+        }
+    }
+
+    /// What `GET /clusters` shows for this cluster.
+    pub fn snapshot(&self) -> serde_json::Value {
+        admin::snapshot(self)
+    }
+
+    /// The cluster's decision log.
+    pub fn events(&self) -> &EventLog {
+        &self.shared.events
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts the tasks of every cluster in `new` and stops those of `old` clusters that `new` no
+/// longer uses (replaced or removed). Called by the app after building a runtime.
+pub fn activate(new: &BTreeMap<String, Arc<Cluster>>, old: Option<&BTreeMap<String, Arc<Cluster>>>) {
+    for c in new.values() {
+        c.start();
+    }
+    for c in old.into_iter().flat_map(|o| o.values()) {
+        if !new.values().any(|n| Arc::ptr_eq(n, c)) {
+            c.stop();
+        }
+    }
+}
+
+/// Stops every cluster's tasks (app shutdown).
+pub fn deactivate(clusters: &BTreeMap<String, Arc<Cluster>>) {
+    for c in clusters.values() {
+        c.stop();
+    }
+}
+
+/// The innermost cause of a hyper client error, which names what actually went wrong.
+fn source_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
