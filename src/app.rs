@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigErrors};
 use crate::proxy::server::{self, ConnLimits};
+use crate::proxy::workers::{self, Workers};
 use crate::proxy::Proxy;
 use crate::runtime::Runtime;
 use crate::telemetry::{self, names};
@@ -114,6 +115,20 @@ pub struct App {
     proxy_task: Mutex<Option<JoinHandle<()>>>,
     admin_task: Mutex<Option<JoinHandle<()>>>,
     background: Vec<JoinHandle<()>>,
+    /// The proxy's worker runtimes; dropped with the app.
+    workers: Workers,
+}
+
+/// Accept queue of the proxy listener. tokio's `bind` uses 128; a burst of callers past the
+/// queue has its SYNs dropped and retried a second later (the kernel counts ListenOverflows).
+/// 1024 as HAProxy and nginx use for busy listeners (the kernel caps it at `somaxconn`).
+const PROXY_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -123,15 +138,21 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 impl App {
     /// Binds the listeners and starts serving. `config_path` enables reload from that file.
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<App> {
+        App::start_with(config, config_path, workers::default_count()).await
+    }
+
+    /// [`App::start`] with `workers` proxy worker threads (see [`crate::proxy::workers`]).
+    pub async fn start_with(config: Config, config_path: Option<PathBuf>, workers: usize) -> anyhow::Result<App> {
         let config = Arc::new(config);
         // The recorder must exist before the runtime caches its metric handles (per-route and
         // per-endpoint counters), or those handles record into nothing.
         telemetry::prometheus();
+        // Before any cluster is built: connection pools size their per-worker lists from it.
+        let workers = Workers::start(workers)?;
         let engines = crate::grace::Engines::open(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let runtime = Runtime::build_with(config.clone(), None, engines.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         crate::upstream::activate(&runtime.clusters, None);
-        let proxy_listener = TcpListener::bind(config.listen)
-            .await
+        let proxy_listener = listen(config.listen, PROXY_BACKLOG)
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (listen): {e}", config.listen))?;
         let admin_listener = TcpListener::bind(config.admin.listen)
             .await
@@ -159,8 +180,24 @@ impl App {
         };
         let grace = config.shutdown.grace_period;
         let handler = move |req, peer| proxy.clone().handle(req, peer);
-        let proxy_task =
-            tokio::spawn(server::serve(proxy_listener, handler, limits, stopped(proxy_rx), grace, "proxy"));
+        // Every worker serves a dup of the one listening socket on its own runtime.
+        let shared_listener = proxy_listener.into_std()?;
+        let serving = workers.spawn_each(|i| {
+            let listener = shared_listener.try_clone();
+            let (handler, rx) = (handler.clone(), proxy_rx.clone());
+            async move {
+                match listener.and_then(TcpListener::from_std) {
+                    Ok(l) => server::serve(l, handler, limits, stopped(rx), grace, "proxy").await,
+                    Err(e) => tracing::error!(worker = i, error = %e, "worker cannot serve the proxy listener"),
+                }
+            }
+        });
+        drop(shared_listener);
+        let proxy_task = tokio::spawn(async move {
+            for worker in serving {
+                let _ = worker.await;
+            }
+        });
 
         let (stop_admin, admin_rx) = watch::channel(false);
         let admin_state = state.clone();
@@ -186,7 +223,7 @@ impl App {
         }
         state.ready.store(true, Ordering::SeqCst);
         metrics::gauge!(names::READY).set(1.0);
-        tracing::info!(%proxy_addr, %admin_addr, "lifeline ready");
+        tracing::info!(%proxy_addr, %admin_addr, workers = workers.count(), "lifeline ready");
         Ok(App {
             state,
             proxy_addr,
@@ -196,7 +233,13 @@ impl App {
             proxy_task: Mutex::new(Some(proxy_task)),
             admin_task: Mutex::new(Some(admin_task)),
             background,
+            workers,
         })
+    }
+
+    /// How many proxy worker threads serve the listener.
+    pub fn worker_count(&self) -> usize {
+        self.workers.count()
     }
 
     /// Reloads the config file (as SIGHUP does).

@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 use lifeline::app::{self, App, EXIT_INVALID_CONFIG};
 use lifeline::telemetry::{self, LogFormat};
 
+/// mimalloc: per-thread free lists instead of glibc's arenas. The proxy allocates and frees on
+/// every request (headers, futures, buffers); glibc's malloc/free were ~20% of the instructions
+/// per request under callgrind (see BENCHMARKS.md, "What changed").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXAMPLES: &str = "\
 Examples:
   lifeline run                              run with the embedded default config
@@ -36,6 +42,10 @@ enum Command {
         /// Config file. Without it, the embedded default (config/lifeline.yaml) is used.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Proxy worker threads, each with its own event loop and upstream connection pools.
+        /// Default: one per CPU the process may use (its cgroup CPU limit included).
+        #[arg(long, env = "LIFELINE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: Option<u16>,
     },
     /// Validate a config file and exit (0 valid, 64 invalid).
     CheckConfig {
@@ -75,7 +85,7 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
             ExitCode::SUCCESS
         }
-        Command::Run { config } => run(config),
+        Command::Run { config, workers } => run(config, workers.map(usize::from)),
         Command::Grace(cmd) => lifeline::grace::cli::run(cmd),
         Command::Sim(args) => lifeline::sim::cli::run(args),
         Command::Demo(args) => lifeline::sim::demo::run(args),
@@ -100,11 +110,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("lifeline").build()
-}
-
-fn run(config_path: Option<PathBuf>) -> ExitCode {
+fn run(config_path: Option<PathBuf>, workers: Option<usize>) -> ExitCode {
     let config = match app::load_config(config_path.as_deref()) {
         Ok(c) => c,
         Err(errors) => {
@@ -112,13 +118,21 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_INVALID_CONFIG as u8);
         }
     };
-    let rt = match runtime() {
+    // Requests run on the proxy workers; this runtime has the control plane (admin API, health
+    // checks, breaker and outlier decisions, the grace forwarder), which one thread carries.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("lifeline")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let workers = workers.unwrap_or_else(lifeline::proxy::workers::default_count);
     rt.block_on(async move {
         // Install the handlers before anything can report ready: an early SIGHUP must reload,
         // not kill the process with the default action.
@@ -129,7 +143,7 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let app = match App::start(config, config_path).await {
+        let app = match App::start_with(config, config_path, workers).await {
             Ok(app) => app,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");

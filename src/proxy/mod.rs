@@ -10,6 +10,7 @@ pub mod respond;
 pub mod route;
 pub mod server;
 pub mod stack;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -18,6 +18,8 @@ use crate::telemetry::names;
 /// Evaluation period when nothing wakes the controller earlier. Bounds how late an ejection ends
 /// and how coarse a slow-start ramp is.
 const TICK: Duration = Duration::from_millis(100);
+/// How often idle upstream connections past their `idle_timeout` are closed.
+const POOL_SWEEP: Duration = Duration::from_secs(1);
 
 /// Aborts a task when dropped: aborting the controller stops its health checkers with it.
 struct Owned(JoinHandle<()>);
@@ -34,6 +36,7 @@ pub async fn run(shared: Arc<Shared>) {
     let mut gauges: HashMap<Arc<str>, (bool, bool)> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_sweep = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -51,6 +54,12 @@ pub async fn run(shared: Arc<Shared>) {
             }
         }
         let now = Instant::now();
+        if now >= next_sweep {
+            next_sweep = now + POOL_SWEEP;
+            for e in endpoints.iter() {
+                e.pool.evict_idle();
+            }
+        }
         outlier::evaluate(&shared, &endpoints, now);
         publish(&shared, now, true);
         shared.check_warm(now);

@@ -174,6 +174,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub authority: Authority,
     pub state: Arc<EndpointState>,
+    /// Keep-alive connections to this endpoint, per proxy worker.
+    pub pool: Arc<super::pool::ConnPool>,
     thresholds: (u32, u32),
     wake: Arc<Notify>,
     success: metrics::Counter,
@@ -188,6 +190,7 @@ impl Endpoint {
         addr: SocketAddr,
         state: Arc<EndpointState>,
         outlier: &OutlierConfig,
+        pool: super::pool::PoolConfig,
         wake: Arc<Notify>,
     ) -> Endpoint {
         let key: Arc<str> = Arc::from(addr.to_string());
@@ -205,6 +208,7 @@ impl Endpoint {
             addr,
             authority,
             state,
+            pool: super::pool::ConnPool::new(addr, pool),
             thresholds,
             wake,
         }

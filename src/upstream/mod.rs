@@ -27,6 +27,7 @@ pub mod failover;
 pub mod health;
 pub mod operator;
 pub mod outlier;
+mod pool;
 mod reclaim;
 pub mod resolve;
 mod service;
@@ -40,17 +41,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use http::uri::Scheme;
-use http::{Request, Response, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, Uri};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
 use crate::config::ClusterConfig;
 use crate::error::{BoxError, ErrorKind, LifelineError};
-use crate::proxy::body::{self, ProxyBody};
+use crate::proxy::body::ProxyBody;
 pub use endpoint::{Endpoint, EndpointStats};
 use events::EventLog;
 use failover::Plan;
@@ -62,7 +60,6 @@ pub use shared::Shared;
 pub struct Cluster {
     pub config: ClusterConfig,
     shared: Arc<Shared>,
-    client: Client<HttpConnector, ProxyBody>,
     started: AtomicBool,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -117,19 +114,9 @@ impl Cluster {
         shared.resolved.store(all_resolved, Ordering::SeqCst);
         controller::publish(&shared, tokio::time::Instant::now(), false);
         shared.check_warm(tokio::time::Instant::now());
-
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_endpoint)
-            .build(connector);
         Arc::new(Cluster {
             config: config.clone(),
             shared,
-            client,
             started: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         })
@@ -193,35 +180,43 @@ impl Cluster {
         let _ = tokio::time::timeout(max, rx.wait_for(|r| *r)).await;
     }
 
-    /// Sends `req` to `endpoint`, rewriting the URI to point at it.
+    /// Sends `req` to `endpoint` over one of its pooled connections (HTTP/1.1, origin-form
+    /// request target, `Host` set when the request has none).
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, BoxError> {
-        let pq = req.uri().path_and_query().cloned();
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(endpoint.authority.clone());
-        parts.path_and_query = pq.or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
-        *req.uri_mut() = Uri::from_parts(parts)?;
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            *req.uri_mut() = Uri::try_from(pq)?;
+        } else if req.uri().path().is_empty() {
+            *req.uri_mut() = Uri::from_static("/");
+        }
+        if !req.headers().contains_key(HOST) {
+            if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
         *req.version_mut() = http::Version::HTTP_11;
         let stats = &endpoint.state.stats;
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = self.client.request(req).await;
+        let result = endpoint.pool.send(req).await;
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let fail = |kind, what: &str, err: &hyper_util::client::legacy::Error| {
-            LifelineError::new(
-                kind,
-                format!("{what} {} of cluster {}: {}", endpoint.key, self.config.name, source_text(err)),
-            )
-            .with_cluster(&self.config.name)
-            .boxed()
+        let fail = |kind, what: &str, cause: String| {
+            LifelineError::new(kind, format!("{what} {} of cluster {}: {cause}", endpoint.key, self.config.name))
+                .with_cluster(&self.config.name)
+                .boxed()
         };
         match result {
-            Ok(resp) => Ok(resp.map(body::boxed)),
-            Err(err) if err.is_connect() => Err(fail(ErrorKind::ConnectFailed, "cannot connect to", &err)),
-            Err(err) => Err(fail(ErrorKind::UpstreamReset, "request failed on", &err)),
+            Ok(resp) => Ok(resp),
+            Err(pool::SendError::Connect(cause)) => Err(fail(ErrorKind::ConnectFailed, "cannot connect to", cause)),
+            Err(pool::SendError::NotSent(cause)) => {
+                Err(fail(ErrorKind::ConnectFailed, "the connection failed before the request was sent to", cause))
+            }
+            Err(pool::SendError::Exchange(err)) => {
+                Err(fail(ErrorKind::UpstreamReset, "request failed on", source_text(&err)))
+            }
         }
     }
 

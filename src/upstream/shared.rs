@@ -82,6 +82,11 @@ impl Shared {
             let start_healthy = self.config.policy.health_check.as_ref().is_none_or(|h| h.start_healthy);
             Arc::new(endpoint::EndpointState::new(start_healthy, self.config.policy.outlier.failure_window))
         });
-        Arc::new(Endpoint::new(&self.name, cfg, addr, state, &self.config.policy.outlier, self.wake.clone()))
+        let pool = super::pool::PoolConfig {
+            connect_timeout: self.config.connect_timeout,
+            idle_timeout: self.config.idle_timeout,
+            max_idle: self.config.max_idle_per_endpoint,
+        };
+        Arc::new(Endpoint::new(&self.name, cfg, addr, state, &self.config.policy.outlier, pool, self.wake.clone()))
     }
 }

@@ -34,7 +34,15 @@ fn fo() -> FailoverConfig {
 fn ep(addr: &str, priority: u32) -> Arc<Endpoint> {
     let cfg = EndpointConfig { address: addr.into(), priority, weight: 1 };
     let state = Arc::new(EndpointState::new(true, Duration::from_secs(10)));
-    Arc::new(Endpoint::new("t", &cfg, addr.parse().unwrap(), state, &OutlierConfig::default(), Default::default()))
+    Arc::new(Endpoint::new(
+        "t",
+        &cfg,
+        addr.parse().unwrap(),
+        state,
+        &OutlierConfig::default(),
+        pool_config(),
+        Default::default(),
+    ))
 }
 
 fn health_of(e: &Endpoint) -> Health {
@@ -192,4 +200,12 @@ async fn ejection_ends_by_time_and_the_multiplier_decays_only_with_successes() {
     assert_eq!(a.state.health().ejection_multiplier, 0, "decayed after a period with successes");
     let kinds: Vec<&str> = cluster.events().since(0).iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec!["ejected", "reinstated"]);
+}
+
+fn pool_config() -> super::pool::PoolConfig {
+    super::pool::PoolConfig {
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(90),
+        max_idle: 8,
+    }
 }

@@ -20,3 +20,4 @@ mod helm_hooks;
 mod load;
 mod resilience;
 mod sim;
+mod upstream_pool;

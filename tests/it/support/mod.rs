@@ -75,7 +75,11 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream that answers every request with `handler`.
     pub async fn start(handler: Handler) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        // A deep accept queue, as real backends have: tokio's `bind` listens with a backlog of
+        // 128, and a burst of connects past it is dropped (the SYN is retried after 1 s).
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind upstream");
+        let listener = socket.listen(1024).expect("listen");
         Upstream::serve(listener, handler)
     }
 

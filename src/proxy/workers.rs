@@ -1,0 +1,135 @@
+//! Thread-per-core request path.
+//!
+//! The proxy listener is served by `n` worker threads, each running its own single-threaded
+//! tokio runtime. Every worker accepts from the same listening socket (a `dup` of it, registered
+//! in the worker's own epoll), so a connection is accepted, parsed, routed, forwarded upstream
+//! and answered on one thread: no work stealing, no cross-thread wake-ups between the client
+//! connection task and the upstream connection task, and upstream connections pooled per worker
+//! (see [`current`]). This is the nginx/HAProxy model (one event loop per core) on tokio.
+//!
+//! A shared socket rather than `SO_REUSEPORT`: a second process could join a reuse-port group
+//! by mistake and silently take half the traffic; with one socket a port conflict stays an
+//! error at start.
+//!
+//! Control-plane work (health checks, outlier detection, breaker decisions, the grace forwarder,
+//! the admin API) stays on the main runtime. A worker runtime lives until [`Workers`] is dropped.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+thread_local! {
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the proxy worker running on this thread, `None` off the workers (main runtime,
+/// blocking pool, tests).
+pub fn current() -> Option<usize> {
+    WORKER.with(Cell::get)
+}
+
+/// The largest worker count any [`Workers::start`] asked for in this process: per-worker
+/// structures built afterwards (upstream connection pools) get one slot per worker.
+static MOST_STARTED: AtomicUsize = AtomicUsize::new(0);
+
+pub fn most_started() -> usize {
+    MOST_STARTED.load(Ordering::Relaxed)
+}
+
+/// How many workers to run when not told: one per CPU the process may use (cgroup quota
+/// included, as `std::thread::available_parallelism` reads it).
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The worker threads and their runtimes.
+pub struct Workers {
+    handles: Vec<Handle>,
+    /// Dropping a sender lets its worker thread return, which drops its runtime.
+    _keep: Vec<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers").field("count", &self.handles.len()).finish()
+    }
+}
+
+impl Workers {
+    /// Starts `n` (at least one) worker threads named `lifeline-worker-{i}`.
+    pub fn start(n: usize) -> io::Result<Workers> {
+        let n = n.max(1);
+        MOST_STARTED.fetch_max(n, Ordering::Relaxed);
+        let mut handles = Vec::with_capacity(n);
+        let mut keep = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            handles.push(rt.handle().clone());
+            let (tx, rx) = oneshot::channel::<()>();
+            keep.push(tx);
+            std::thread::Builder::new().name(format!("lifeline-worker-{i}")).spawn(move || {
+                WORKER.with(|w| w.set(Some(i)));
+                // The runtime runs its tasks while the thread is inside `block_on`.
+                let _ = rt.block_on(rx);
+                // Dropping the runtime cancels what is left (connections of a dropped app).
+                drop(rt);
+            })?;
+        }
+        Ok(Workers { handles, _keep: keep })
+    }
+
+    pub fn count(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Runs `make(i)` on every worker; the handles can be awaited from any runtime.
+    pub fn spawn_each<F, Fut>(&self, mut make: F) -> Vec<JoinHandle<Fut::Output>>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.handles.iter().enumerate().map(|(i, h)| h.spawn(make(i))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_worker_runs_on_its_own_thread_and_knows_its_index() {
+        let w = Workers::start(3).expect("workers");
+        assert_eq!(current(), None, "the test runtime is not a worker");
+        let mut seen = Vec::new();
+        for h in w.spawn_each(|i| async move { (i, current(), std::thread::current().name().map(String::from)) }) {
+            seen.push(h.await.expect("joined"));
+        }
+        for (i, idx, name) in seen {
+            assert_eq!(idx, Some(i));
+            assert_eq!(name.as_deref(), Some(format!("lifeline-worker-{i}").as_str()));
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_the_workers_stops_their_tasks() {
+        let w = Workers::start(1).expect("workers");
+        let (tx, rx) = oneshot::channel::<()>();
+        let mut tx = Some(tx);
+        let task = w.spawn_each(move |_| {
+            let tx = tx.take();
+            async move {
+                let _tx = tx; // dropped when the runtime cancels this task
+                std::future::pending::<()>().await;
+            }
+        });
+        drop(w);
+        assert!(rx.await.is_err(), "the pending task was dropped with its runtime");
+        assert!(task.into_iter().next().expect("one").await.is_err());
+    }
+}
