@@ -182,12 +182,13 @@ impl App {
         let handler = move |req, peer| proxy.clone().handle(req, peer);
         // Every worker serves a dup of the one listening socket on its own runtime.
         let shared_listener = proxy_listener.into_std()?;
+        let balance = workers::Balance::new(workers.count());
         let serving = workers.spawn_each(|i| {
             let listener = shared_listener.try_clone();
-            let (handler, rx) = (handler.clone(), proxy_rx.clone());
+            let (handler, rx, seat) = (handler.clone(), proxy_rx.clone(), balance.seat(i));
             async move {
                 match listener.and_then(TcpListener::from_std) {
-                    Ok(l) => server::serve(l, handler, limits, stopped(rx), grace, "proxy").await,
+                    Ok(l) => server::serve_shared(l, handler, limits, stopped(rx), grace, "proxy", Some(seat)).await,
                     Err(e) => tracing::error!(worker = i, error = %e, "worker cannot serve the proxy listener"),
                 }
             }

@@ -18,26 +18,54 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 static PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
 
+/// The hop-by-hop headers of RFC 9110 §7.6.1 (plus the legacy proxy ones); the first is
+/// `Connection`, whose value names more.
+fn hop_by_hop() -> [&'static HeaderName; 9] {
+    [
+        &CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &PROXY_AUTHENTICATE,
+        &PROXY_AUTHORIZATION,
+    ]
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header names.
 ///
-/// On the hot path for every request and response: the usual single `Connection` value is
-/// taken out of the map (no clone) and the headers it names are removed by `&str` lookup, so no
-/// `HeaderName` or list is allocated.
+/// On the hot path for every request and response. One pass over the names finds which are
+/// present (usually none, or only `Connection`); only those are removed, so the common request
+/// costs no hash lookups at all, and nothing is allocated.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.get_all(CONNECTION).iter().nth(1).is_some() {
-        // Several Connection headers (rare): collect them, then strip what each names.
-        let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
-        for v in &values {
-            remove_named(headers, v);
+    let hop = hop_by_hop();
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop.iter().position(|h| *h == name) {
+            present |= 1 << i;
         }
-    } else if let Some(v) = headers.remove(CONNECTION) {
-        remove_named(headers, &v);
     }
-    for name in [&CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE] {
-        headers.remove(name);
+    if present == 0 {
+        return;
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &PROXY_AUTHENTICATE, &PROXY_AUTHORIZATION] {
-        headers.remove(name);
+    if present & 1 != 0 {
+        if headers.get_all(CONNECTION).iter().nth(1).is_some() {
+            // Several Connection headers (rare): collect them, then strip what each names.
+            let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+            headers.remove(CONNECTION);
+            for v in &values {
+                remove_named(headers, v);
+            }
+        } else if let Some(v) = headers.remove(CONNECTION) {
+            remove_named(headers, &v);
+        }
+    }
+    for (i, name) in hop.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
 }
 
@@ -52,11 +80,17 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
 
 /// Adds the peer to `x-forwarded-for` and sets `x-forwarded-proto` when absent.
 pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
-    // The address is formatted on the stack (an IPv6 address is at most 45 characters).
+    // The address is formatted on the stack (an IPv6 address is at most 45 characters); IPv4,
+    // the usual case inside a pod, without the formatting machinery.
     let mut buf = [0u8; 64];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{peer}");
-    let len = cursor.position() as usize;
+    let len = match peer {
+        IpAddr::V4(v4) => write_ipv4(&mut buf, v4.octets()),
+        IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{peer}");
+            cursor.position() as usize
+        }
+    };
     let peer = &buf[..len];
     let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(prev) if !prev.trim_ascii().is_empty() => HeaderValue::from_bytes(&[prev, b", ", peer].concat()),
@@ -68,6 +102,28 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
+}
+
+/// Writes `a.b.c.d` into `buf`; returns its length (at most 15).
+fn write_ipv4(buf: &mut [u8; 64], octets: [u8; 4]) -> usize {
+    let mut n = 0;
+    for (i, o) in octets.into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + (o / 10) % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    n
 }
 
 /// The caller's `x-request-id` if it is sane (1–128 visible ASCII characters), else a new one.
@@ -83,7 +139,12 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 /// A random 128-bit id in the UUID v4 text form.
 pub fn new_request_id() -> HeaderValue {
-    let bits: u128 = rand::random();
+    // A per-thread xoshiro generator seeded from the OS: request ids must be unique, not secret.
+    thread_local! {
+        static RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::SeedableRng::from_os_rng());
+    }
+    let bits: u128 = RNG.with(|r| rand::Rng::random(&mut *r.borrow_mut()));
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     // Hex digits straight into a stack buffer: one allocation (the header value) per id.
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -169,5 +230,32 @@ mod tests {
         assert_eq!(request_id(&h), "abc-123");
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
         assert_ne!(request_id(&h), "has space");
+    }
+
+    #[test]
+    fn ipv4_is_written_as_display_writes_it() {
+        for o in [[0, 0, 0, 0], [127, 0, 0, 1], [10, 99, 100, 255], [9, 10, 199, 200], [255, 255, 255, 255]] {
+            let mut buf = [0u8; 64];
+            let n = write_ipv4(&mut buf, o);
+            assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), std::net::Ipv4Addr::from(o).to_string());
+        }
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        for name in hop_by_hop() {
+            h.append(name.clone(), HeaderValue::from_static("x"));
+        }
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        h.insert("host", HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-app"]);
+        let mut plain = HeaderMap::new();
+        plain.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 }

@@ -19,6 +19,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::body::ProxyBody;
+use super::workers::Seat;
+
+/// How long a worker over its share of connections lets the others accept first.
+const DEFER: Duration = Duration::from_millis(1);
 
 /// Limits applied to each connection.
 #[derive(Debug, Clone, Copy)]
@@ -47,12 +51,36 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
+    serve_shared(listener, handler, limits, stop, grace, name, None).await
+}
+
+/// [`serve`] for one of several workers sharing `listener`: a worker over its share of open
+/// connections waits a moment before accepting, so the others take the next ones.
+pub async fn serve_shared<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: ConnLimits,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
+    name: &'static str,
+    seat: Option<Seat>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().max_buf_size(limits.max_buf_size).keep_alive(true);
     builder.http2().max_header_list_size(limits.max_header_list_size).max_concurrent_streams(1024);
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
+        if seat.as_ref().is_some_and(Seat::over_share) {
+            // Bounded: if the others do not accept within DEFER, this worker takes it anyway.
+            tokio::select! {
+                () = tokio::time::sleep(DEFER) => {}
+                () = &mut stop => break,
+            }
+        }
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -66,6 +94,7 @@ pub async fn serve<H, F>(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
+                let open = seat.as_ref().map(Seat::opened);
                 let svc = service_fn(move |req| handler(req, peer));
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
@@ -73,6 +102,7 @@ pub async fn serve<H, F>(
                     if let Err(err) = conn.await {
                         tracing::debug!(listener = name, error = %err, "connection ended with an error");
                     }
+                    drop(open);
                 });
             }
             () = &mut stop => break,

@@ -47,6 +47,63 @@ pub fn default_count() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// Spreads accepted connections over the workers that share one listening socket.
+///
+/// Every worker is woken when a connection arrives and the first to call `accept` takes it, so
+/// a burst tends to land on whichever worker happens to be running (the kernel's wake-up order,
+/// not load). nginx corrects this with `accept_disabled`; this does the same: a worker holding
+/// more than its share of open connections lets the others go first, briefly.
+#[derive(Debug)]
+pub struct Balance {
+    open: Box<[AtomicUsize]>,
+}
+
+/// One worker's seat at a [`Balance`].
+#[derive(Debug, Clone)]
+pub struct Seat {
+    balance: std::sync::Arc<Balance>,
+    me: usize,
+}
+
+impl Balance {
+    pub fn new(workers: usize) -> std::sync::Arc<Balance> {
+        std::sync::Arc::new(Balance { open: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect() })
+    }
+
+    pub fn seat(self: &std::sync::Arc<Self>, me: usize) -> Seat {
+        Seat { balance: self.clone(), me }
+    }
+}
+
+/// How far above the least loaded worker one may go before it defers (connections).
+const SLACK: usize = 2;
+
+impl Seat {
+    /// True while this worker holds more than its share: it should let the others accept.
+    pub fn over_share(&self) -> bool {
+        let open = &self.balance.open;
+        let mine = open[self.me].load(Ordering::Relaxed);
+        let least = open.iter().map(|o| o.load(Ordering::Relaxed)).min().unwrap_or(0);
+        mine > least + SLACK
+    }
+
+    /// Counts one open connection of this worker until the guard drops.
+    pub fn opened(&self) -> OpenConn {
+        self.balance.open[self.me].fetch_add(1, Ordering::Relaxed);
+        OpenConn(self.clone())
+    }
+}
+
+/// An open connection, counted on its worker's seat.
+#[derive(Debug)]
+pub struct OpenConn(Seat);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.balance.open[self.0.me].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The worker threads and their runtimes.
 pub struct Workers {
     handles: Vec<Handle>,
@@ -114,6 +171,21 @@ mod tests {
             assert_eq!(idx, Some(i));
             assert_eq!(name.as_deref(), Some(format!("lifeline-worker-{i}").as_str()));
         }
+    }
+
+    #[test]
+    fn a_worker_over_its_share_defers_until_the_others_catch_up() {
+        let b = Balance::new(2);
+        let (a, other) = (b.seat(0), b.seat(1));
+        let mut held: Vec<OpenConn> = (0..SLACK).map(|_| a.opened()).collect();
+        assert!(!a.over_share(), "within the slack");
+        held.push(a.opened());
+        assert!(a.over_share(), "{} open against 0", SLACK + 1);
+        assert!(!other.over_share());
+        let _o = other.opened();
+        assert!(!a.over_share(), "the other worker caught up to within the slack");
+        held.truncate(1);
+        assert!(!a.over_share() && !other.over_share());
     }
 
     #[tokio::test]

@@ -75,11 +75,11 @@ fn incoming_budget(headers: &HeaderMap) -> Result<Option<(Duration, bool)>, Life
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     timeout: Duration,
-    cluster: String,
+    cluster: std::sync::Arc<str>,
 }
 
 impl DeadlineLayer {
-    pub fn new(timeout: Duration, cluster: impl Into<String>) -> Self {
+    pub fn new(timeout: Duration, cluster: &str) -> Self {
         DeadlineLayer { timeout, cluster: cluster.into() }
     }
 }
@@ -126,7 +126,7 @@ where
                 ErrorKind::DeadlineExceeded,
                 format!("{whose} of {budget:?} ran out (cluster {cluster})"),
             )
-            .with_cluster(cluster.clone())
+            .with_cluster(&*cluster)
             .boxed()
         };
         if budget.is_zero() {
@@ -148,11 +148,11 @@ where
 #[derive(Debug, Clone)]
 pub struct AttemptLayer {
     per_try: Option<Duration>,
-    cluster: String,
+    cluster: std::sync::Arc<str>,
 }
 
 impl AttemptLayer {
-    pub fn new(per_try: Option<Duration>, cluster: impl Into<String>) -> Self {
+    pub fn new(per_try: Option<Duration>, cluster: &str) -> Self {
         AttemptLayer { per_try, cluster: cluster.into() }
     }
 }
@@ -192,10 +192,24 @@ where
         };
         let cluster = self.layer.cluster.clone();
         if let (Some(b), Some(d)) = (budget, deadline) {
-            let ms = b.as_millis() as u64;
-            let (name, value) =
-                if d.grpc { (&GRPC_TIMEOUT, format!("{ms}m")) } else { (&X_LIFELINE_TIMEOUT_MS, ms.to_string()) };
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            // Decimal digits on the stack: one allocation (the header value) per attempt.
+            let mut buf = [0u8; 24];
+            let mut n = buf.len();
+            if d.grpc {
+                n -= 1;
+                buf[n] = b'm';
+            }
+            let mut ms = b.as_millis().min(u128::from(u64::MAX)) as u64;
+            loop {
+                n -= 1;
+                buf[n] = b'0' + (ms % 10) as u8;
+                ms /= 10;
+                if ms == 0 {
+                    break;
+                }
+            }
+            let name = if d.grpc { &GRPC_TIMEOUT } else { &X_LIFELINE_TIMEOUT_MS };
+            if let Ok(v) = HeaderValue::from_bytes(&buf[n..]) {
                 req.headers_mut().insert(name.clone(), v);
             }
         }
@@ -205,7 +219,7 @@ where
                 ErrorKind::DeadlineExceeded,
                 format!("no time left for an attempt to cluster {cluster}"),
             )
-            .with_cluster(cluster);
+            .with_cluster(&*cluster);
             return Box::pin(std::future::ready(Err(e.boxed())));
         }
         let per_try_binding = self.layer.per_try.is_some_and(|p| p <= budget);
@@ -223,7 +237,7 @@ where
                         kind,
                         format!("no answer from cluster {cluster} within the {what} of {budget:?}"),
                     )
-                    .with_cluster(cluster)
+                    .with_cluster(&*cluster)
                     .boxed())
                 }
             }
