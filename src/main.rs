@@ -7,12 +7,6 @@ use clap::{Parser, Subcommand};
 use lifeline::app::{self, App, EXIT_INVALID_CONFIG};
 use lifeline::telemetry::{self, LogFormat};
 
-/// mimalloc: per-thread free lists instead of glibc's arenas. The proxy allocates and frees on
-/// every request (headers, futures, buffers); glibc's malloc/free were ~20% of the instructions
-/// per request under callgrind (see BENCHMARKS.md, "What changed").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const EXAMPLES: &str = "\
 Examples:
   lifeline run                              run with the embedded default config
