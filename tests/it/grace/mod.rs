@@ -102,7 +102,17 @@ pub fn journal_keys(db: &Path) -> Vec<String> {
     stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().map(|r| r.unwrap()).collect()
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released) below the ephemeral range, so no outgoing
+/// connection takes it before the child binds it (see `chaos/drill/env/local.rs`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = rand::rng().random_range(32_000..32_700);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }

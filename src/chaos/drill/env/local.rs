@@ -11,9 +11,44 @@ use super::super::procs::Procs;
 use super::super::template;
 use super::{wait_ok, Env};
 
+/// Ports for the drill's processes are picked below Linux's ephemeral range (32768–60999 by
+/// default). A port from `bind(:0)` is itself ephemeral: between the runner releasing it and the
+/// child binding it, any outgoing connection on the machine may take it as its local port (seen
+/// in CI: a simulator that never came up). Below the range only another listener can collide.
+const PICK_FROM: std::ops::Range<u16> = 20_000..32_000;
+
 fn free_port() -> Result<u16, String> {
+    use rand::Rng;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port = rng.random_range(PICK_FROM);
+        // Not one handed out recently (it is free again until its process binds it).
+        if given.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        if given.len() >= 512 {
+            given.remove(0);
+        }
+        given.push(port);
+        return Ok(port);
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot pick a port: {e}"))?;
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn picked_ports_are_below_the_ephemeral_range_and_distinct() {
+        let ports: Vec<u16> = (0..50).map(|_| super::free_port().expect("a port")).collect();
+        assert!(ports.iter().all(|p| super::PICK_FROM.contains(p)), "{ports:?}");
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "no port handed out twice");
+    }
 }
 
 fn token() -> String {
