@@ -38,19 +38,6 @@ fn free_port() -> Result<u16, String> {
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn picked_ports_are_below_the_ephemeral_range_and_distinct() {
-        let ports: Vec<u16> = (0..50).map(|_| super::free_port().expect("a port")).collect();
-        assert!(ports.iter().all(|p| super::PICK_FROM.contains(p)), "{ports:?}");
-        let mut unique = ports.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(unique.len(), ports.len(), "no port handed out twice");
-    }
-}
-
 fn token() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
@@ -162,4 +149,17 @@ async fn start_in(drill: &Drill, dir: &Path, bin: &Path, procs: &mut Procs) -> R
         first_config: Some(config),
         local: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn picked_ports_are_below_the_ephemeral_range_and_distinct() {
+        let ports: Vec<u16> = (0..50).map(|_| super::free_port().expect("a port")).collect();
+        assert!(ports.iter().all(|p| super::PICK_FROM.contains(p)), "{ports:?}");
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "no port handed out twice");
+    }
 }
