@@ -47,15 +47,18 @@ impl SqliteStore {
         let counters = Arc::new(Mutex::new(counters));
         let (tx, rx) = mpsc::channel(writer::MAX_BATCH * 8);
         let c2 = counters.clone();
+        // Raised by the checkpoint thread, cleared by the writer (see `writer::finish_checkpoint`).
+        let backfilled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b2 = backfilled.clone();
         let thread = std::thread::Builder::new()
             .name("grace-journal".into())
-            .spawn(move || writer::run(conn, c2, rx))
+            .spawn(move || writer::run(conn, c2, rx, b2))
             .map_err(|e| StoreError(format!("cannot start the journal writer: {e}")))?;
         let store = SqliteStore {
             path: path.to_path_buf(),
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            checkpointer: Mutex::new(Some(checkpoint::Checkpointer::start(path)?)),
+            checkpointer: Mutex::new(Some(checkpoint::Checkpointer::start(path, backfilled)?)),
             counters,
             readers: Arc::new(Mutex::new(Vec::new())),
         };
@@ -184,9 +187,13 @@ impl Store for SqliteStore {
     fn due(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Item>> {
         // Lane heads only: no earlier unfinished item of the same card (strict FIFO per card;
         // an item parked in needs_review holds its lane until an operator resolves it).
+        // Both indexes are partial, so neither the scan nor the lane probe touches the items
+        // already settled: the earlier form (a full (card_ref, seq) index) walked each card's
+        // whole history per candidate, 4 s per call at a 10 000-item backlog over 50 cards.
         let sql = format!(
-            "SELECT {ITEM_COLS} FROM items i WHERE state IN ('journaled','retry_wait','unknown') \
-             AND next_attempt_ms <= ?1 AND NOT EXISTS (SELECT 1 FROM items j WHERE j.card_ref = i.card_ref \
+            "SELECT {ITEM_COLS} FROM items i INDEXED BY items_ready \
+             WHERE state IN ('journaled','retry_wait','unknown') AND next_attempt_ms <= ?1 \
+             AND NOT EXISTS (SELECT 1 FROM items j INDEXED BY items_open_lane WHERE j.card_ref = i.card_ref \
              AND j.seq < i.seq AND j.state IN {}) ORDER BY seq LIMIT ?2",
             schema::OUTSTANDING
         );
@@ -280,6 +287,74 @@ mod tests {
 
     fn to(id: &str, from: &[State], to: State) -> Transition {
         Transition { receipt_id: id.into(), from: from.to_vec(), to: Some(to), actor: "t".into(), ..Default::default() }
+    }
+
+    /// Under a steady stream of appends the WAL is restarted (it stays near the checkpoint
+    /// threshold) instead of growing for as long as the load lasts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_stays_bounded_under_sustained_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        let store = Arc::new(store);
+        let unlimited = CountAmount { count: Some(u64::MAX / 4), amount: Some(u64::MAX / 4) };
+        let limits = Arc::new(GraceLimits {
+            card_hard: unlimited,
+            institution: unlimited,
+            total: unlimited,
+            ..(*limits(1)).clone()
+        });
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..128u32 {
+            let (store, limits) = (store.clone(), limits.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u32;
+                while started.elapsed() < Duration::from_secs(3) {
+                    let mut it = item(w * 1_000_000 + i, &format!("card-{}", (w * 7919 + i * 104_729) % 5000));
+                    it.payload = vec![b'x'; 400];
+                    let out = store.append(it, limits.clone()).await.unwrap();
+                    assert!(matches!(out, AppendOutcome::Accepted(_)));
+                    i += 1;
+                }
+                i
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        let wal = std::fs::read(dir.path().join("j.db-wal")).unwrap();
+        // The WAL header's checkpoint sequence number counts the restarts (big-endian u32 at 12).
+        let restarts = u32::from_be_bytes([wal[12], wal[13], wal[14], wal[15]]);
+        assert!(total > 1000, "the writers got {total} appends through");
+        // Measured (restart at 4096 frames): 15 restarts in 4 s (an 83 MB WAL) with the writer
+        // finishing checkpoints, none (an 818 MB WAL, still growing) without.
+        assert!(restarts >= 2, "the WAL restarted {restarts} times in 3 s of appends ({} bytes)", wal.len());
+        store.close();
+    }
+
+    /// Lane heads only, in journal order: an item is due when every earlier item of its card is
+    /// finished (settled or declined), whatever it is waiting behind on other cards.
+    #[tokio::test]
+    async fn due_gives_each_card_its_oldest_unfinished_item() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = SqliteStore::open(&dir.path().join("j.db")).unwrap();
+        for (i, card) in [(1, "a"), (2, "a"), (3, "b"), (4, "a"), (5, "c"), (6, "b")] {
+            assert!(matches!(store.append(item(i, card), limits(10)).await.unwrap(), AppendOutcome::Accepted(_)));
+        }
+        async fn due(store: &SqliteStore) -> Vec<String> {
+            store.due(i64::MAX, 10).await.unwrap().into_iter().map(|i| i.receipt_id).collect()
+        }
+        assert_eq!(due(&store).await, ["r1", "r3", "r5"]);
+        assert!(store.transition(to("r1", &[State::Journaled], State::Settled)).await.unwrap());
+        assert!(store.transition(to("r3", &[State::Journaled], State::Forwarding)).await.unwrap());
+        assert_eq!(due(&store).await, ["r2", "r5"], "r3 in flight holds lane b; r1 settled frees lane a");
+        assert!(store.transition(to("r2", &[State::Journaled], State::Declined)).await.unwrap());
+        assert!(store.transition(to("r3", &[State::Forwarding], State::Settled)).await.unwrap());
+        assert_eq!(due(&store).await, ["r4", "r5", "r6"]);
+        assert_eq!(store.due(i64::MAX, 2).await.unwrap().len(), 2, "the limit holds");
+        store.close();
     }
 
     #[tokio::test]
