@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One command for the benchmarks in BENCHMARKS.md:
 #   bench/run.sh           full run (3 rounds, ~8 minutes of machine time)
-#   bench/run.sh --quick   smoke run (1 round, short runs, ~1.5 minutes)
+#   bench/run.sh --quick   smoke run (1 round, short runs, ~1.5 minutes; no Lifeline-only part)
+#   bench/run.sh --lifeline-only   only breaker fast-fail, failover time and grace journal (~3 min)
+# The full run ends with the Lifeline-only part (bench/lifeline_only.py).
 # Extra flags go to bench/bench.py (--rounds, --duration, --rate, --peers ...).
 # Installs what it needs (Debian packages), builds lifeline --release once, and leaves no
 # process behind (every peer runs in its own process group and is stopped by pid).
@@ -26,4 +28,10 @@ for svc in nginx haproxy; do
 done
 
 cargo build --release --quiet
-exec python3 bench/bench.py "$@"
+if [[ "${1:-}" == "--lifeline-only" ]]; then
+  exec python3 bench/lifeline_only.py
+fi
+python3 bench/bench.py "$@"
+if [[ " $* " != *" --quick "* ]]; then
+  python3 bench/lifeline_only.py
+fi
