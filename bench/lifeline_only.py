@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from bench import wait_port  # bench/bench.py, beside this file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIFELINE = os.path.join(ROOT, "target", "release", "lifeline")
 
@@ -34,19 +36,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
 
 
 def load(url, rate, secs):
@@ -83,8 +72,8 @@ def fast_fail(rate=5000, secs=10):
         simp = subprocess.Popen([LIFELINE, "sim", "--card", f"127.0.0.1:{sim}", "--latency", "0ms"],
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_port(port, proc)
-            wait_port(sim, simp)
+            wait_port(port, proc=proc)
+            wait_port(sim, proc=simp)
             url = f"http://127.0.0.1:{port}/card/v1/cards/x"
             for _ in range(10):
                 get_status(url)
