@@ -25,8 +25,8 @@ use crate::grace::store::StoreError;
 const EVERY: Duration = Duration::from_millis(250);
 
 /// A WAL this long (in pages: 16 MiB at the default 4 KiB) is restarted with the writer's
-/// help; a shorter one restarts by itself whenever the writer is idle as a pass ends, which at
-/// the rates one sidecar sees is almost always. The writer's share pauses commits for 5–20 ms at
+/// help; a shorter one restarts by itself when the writer happens to be idle as a pass ends
+/// (at low rates it mostly is). The writer's share pauses commits for 5–20 ms at
 /// 20 000 appends/s; measured against thresholds of 256 MiB and "never", the fixed-rate bench's
 /// p99 did not move beyond its run-to-run noise, so the smaller disk footprint wins.
 pub const RESTART_FRAMES: i64 = 4096;

@@ -289,8 +289,8 @@ mod tests {
         Transition { receipt_id: id.into(), from: from.to_vec(), to: Some(to), actor: "t".into(), ..Default::default() }
     }
 
-    /// Under a steady stream of appends the WAL is restarted (it stays near the checkpoint
-    /// threshold) instead of growing for as long as the load lasts.
+    /// Under a steady stream of appends the WAL is restarted again and again instead of growing
+    /// for as long as the load lasts.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_stays_bounded_under_sustained_appends() {
         let dir = tempfile::tempdir().unwrap();
