@@ -1,7 +1,7 @@
 //! Grace benchmarks (not tests): the journal alone, and durable 202s end to end over HTTP.
 //!
 //! ```text
-//! cargo bench --bench grace_journal                  # both
+//! cargo bench --bench grace_journal                  # all of them
 //! cargo bench --bench grace_journal -- journal       # ceiling (closed model) and latency at 20 000/s
 //! cargo bench --bench grace_journal -- journal-rate  # only the fixed-rate (open model) run
 //! GRACE_BENCH_RATE=30000 cargo bench --bench grace_journal -- journal-rate
@@ -77,6 +77,13 @@ fn item(i: u64) -> NewItem {
     }
 }
 
+/// A fresh journal in its own directory (kept alive by the returned guard).
+fn open_store(name: &str) -> (tempfile::TempDir, Arc<SqliteStore>) {
+    let d = dir();
+    let (store, _) = SqliteStore::open(&d.path().join(name)).unwrap();
+    (d, Arc::new(store))
+}
+
 fn unlimited() -> Arc<GraceLimits> {
     let unlimited = CountAmount { count: Some(u64::MAX / 4), amount: Some(u64::MAX / 4) };
     Arc::new(GraceLimits {
@@ -93,9 +100,7 @@ fn unlimited() -> Arc<GraceLimits> {
 /// Closed model: `GRACE_BENCH_WRITERS` tasks each append 400 items back to back. Gives the
 /// ceiling; its latency is the queue those writers build (Little's law: writers / throughput).
 async fn journal() {
-    let d = dir();
-    let (store, _) = SqliteStore::open(&d.path().join("bench.db")).unwrap();
-    let store = Arc::new(store);
+    let (_dir, store) = open_store("bench.db");
     let limits = unlimited();
     let writers: u64 = std::env::var("GRACE_BENCH_WRITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     const PER: u64 = 400;
@@ -195,9 +200,7 @@ async fn http() {
 /// 5 s, each as its own task, however slowly earlier ones commit; latency runs from the
 /// scheduled arrival (no coordinated omission). This is "p99 commit latency at 20 000/s".
 async fn journal_rate() {
-    let d = dir();
-    let (store, _) = SqliteStore::open(&d.path().join("rate.db")).unwrap();
-    let store = Arc::new(store);
+    let (_dir, store) = open_store("rate.db");
     let limits = unlimited();
     let rate: u64 = std::env::var("GRACE_BENCH_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let total = rate * 5;
