@@ -2,8 +2,9 @@
 //!
 //! `status`, `items` and `reconcile` open the SQLite file directly (never creating one), so an
 //! operator can work from a copy while the pod is down; they print the same JSON as the admin
-//! API. After a clean stop the `.db` file is complete; after a crash copy `grace.db-wal` too
-//! (committed items may still be in the WAL). `verify` checks a receipt's Ed25519 signature with no network at all.
+//! API. After a clean stop the `.db` file is complete; after a crash copy `grace.db-wal` and
+//! the `grace.db-log/` directory with it (acknowledged items may still be only there: they are
+//! read from the log and shown, the files are not changed). `verify` checks a receipt's Ed25519 signature with no network at all.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,7 +126,7 @@ fn open(db: &std::path::Path) -> Result<rusqlite::Connection, String> {
     if !db.exists() {
         return Err(format!("{} does not exist", db.display()));
     }
-    schema::open_reader(db).map_err(|e| e.to_string())
+    schema::open_offline(db).map_err(|e| e.to_string())
 }
 
 fn keygen(out: &std::path::Path) -> ExitCode {

@@ -3,7 +3,7 @@
 //! SQLite's automatic checkpoint runs inside the COMMIT that crosses the threshold, so one
 //! unlucky batch of settlements waits for megabytes to be copied into the database file and
 //! fsynced. Here the writer never checkpoints (`wal_autocheckpoint=0`); this thread runs a
-//! PASSIVE checkpoint (which never blocks the writer or readers) a few times a second on its own
+//! PASSIVE checkpoint (which never blocks the writer or readers) every 50 ms on its own
 //! connection, so commit latency stays one WAL fsync. The writer still folds the WAL in
 //! completely when the journal closes.
 //!
@@ -21,8 +21,11 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::grace::store::StoreError;
 
-/// How often a checkpoint is attempted.
-const EVERY: Duration = Duration::from_millis(250);
+/// How often a checkpoint is attempted. Each pass fsyncs what the WAL gained since the last
+/// one, and the log's `fdatasync` waits behind that flush on the same disk: small, frequent
+/// passes keep that wait short. Measured at 20 000 appends/s with the applier committing every
+/// 250 ms: journal p99 7.7–10.2 ms at 50 ms, 11.7–21 ms at 250 ms.
+const EVERY: Duration = Duration::from_millis(50);
 
 /// A WAL this long (in pages: 16 MiB at the default 4 KiB) is restarted with the writer's
 /// help; a shorter one restarts by itself when the writer happens to be idle as a pass ends

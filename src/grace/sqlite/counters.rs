@@ -1,9 +1,10 @@
 //! Live exposure counters: outstanding count and fen per card, per institution and in total.
 //!
 //! They are a cache of `SUM(...) WHERE state is outstanding` over the journal, rebuilt from the
-//! items on start. Only the single writer changes them, inside the transaction that changes the
-//! items, and it undoes its changes when that transaction fails — so a limit decision always
-//! sees exactly the committed exposure plus the batch in progress (invariant 5).
+//! items on start. The committer counts an item as it accepts it (and takes the count back if
+//! the log write fails); the applier applies a transition's move once its transaction has
+//! committed. So a limit decision sees the committed exposure plus the batch in progress, and
+//! never exposure released by a change that may still roll back (invariant 5).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -119,6 +120,16 @@ impl Counters {
             self.exposure(share, -1);
         } else if from.is_terminal() && !to.is_terminal() {
             self.exposure(share, 1);
+        }
+    }
+
+    /// Applies the state moves of a committed transaction, in order.
+    pub fn apply(&mut self, log: Vec<Undo>) {
+        for u in log {
+            match u {
+                Undo::Added(share, state) => self.added(&share, state),
+                Undo::Moved(share, from, to) => self.moved(&share, from, to),
+            }
         }
     }
 

@@ -1,11 +1,19 @@
-//! The embedded journal: one SQLite file per grace policy (rusqlite, bundled SQLite).
+//! The embedded journal: a write-ahead log of accepted items in front of one SQLite file per
+//! grace policy (rusqlite, bundled SQLite).
 //!
-//! Writes go to the single writer thread ([`writer`]) that group-commits; reads use a small pool
-//! of separate connections (WAL lets them run while the writer commits). On open: integrity
-//! check, items that were in flight become `unknown` (query before resend), counters rebuilt.
+//! Appends go to the committer thread ([`committer`]): key claim, limit decision, one group
+//! write and `fdatasync` of the log ([`log`]), then the answer. The applier thread ([`writer`])
+//! writes accepted items into SQLite behind the log, and runs every other change (transitions,
+//! expiry, audit) as a durable transaction. Reads use a small pool of separate connections
+//! (WAL lets them run while the applier commits) and see accepted items the applier has not
+//! reached yet through [`committer::Pending`]. On open: integrity check, the log replayed into
+//! the database, items that were in flight become `unknown` (query before resend), counters
+//! rebuilt.
 
 mod checkpoint;
+mod committer;
 mod counters;
+pub mod log;
 mod ops;
 pub mod report;
 pub mod schema;
@@ -21,48 +29,84 @@ use super::config::GraceLimits;
 use super::store::{
     AppendOutcome, Item, NewItem, State, Store, StoreError, StoreFuture, Summary, Transition, TransitionRow,
 };
+use committer::{Append, Committer, Pending};
 use counters::Counters;
 use schema::ITEM_COLS;
-use writer::Cmd;
+use writer::{Applier, Cmd};
 
 /// The SQLite [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
+    appends: Mutex<Option<mpsc::Sender<Append>>>,
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     counters: Arc<Mutex<Counters>>,
+    pending: Arc<Mutex<Pending>>,
     readers: Arc<Mutex<Vec<Connection>>>,
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the journal, checks it, recovers and starts the writer thread.
-    /// Returns the store and the number of in-flight items turned `unknown`.
+    /// Opens (or creates) the journal, checks it, replays its log, recovers and starts the
+    /// committer and applier threads. Returns the store and the number of in-flight items
+    /// turned `unknown`.
     pub fn open(path: &Path) -> Result<(SqliteStore, u64), StoreError> {
-        let conn = schema::open_writer(path)?;
+        let mut conn = schema::open_writer(path)?;
         schema::integrity_check(&conn)?;
+        let log_dir = log::dir_for(path);
+        let io = |what: &str, e: std::io::Error| StoreError(format!("{what} {}: {e}", log_dir.display()));
+        let next_seg = log::next_id(&log_dir).map_err(|e| io("cannot read the grace log", e))?;
+        let replayed = replay_log(&mut conn, &log_dir, next_seg)?;
+        if replayed > 0 {
+            tracing::info!(items = replayed, "grace log replayed into the journal");
+        }
         let recovered = schema::recover_in_flight(&conn)?;
         let mut counters = Counters::rebuild(&conn)?;
         counters.journal_bytes = schema::journal_bytes(&conn);
+        let next_seq: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM items", [], |r| r.get(0))?;
+        let log = log::Writer::open(&log_dir, next_seg).map_err(|e| io("cannot open the grace log", e))?;
         let counters = Arc::new(Mutex::new(counters));
+        let pending = Arc::new(Mutex::new(Pending::default()));
         let (tx, rx) = mpsc::channel(writer::MAX_BATCH * 8);
-        let c2 = counters.clone();
-        // Raised by the checkpoint thread, cleared by the writer (see `writer::finish_checkpoint`).
+        // Raised by the checkpoint thread, cleared by the applier (see `writer::finish_checkpoint`).
         let backfilled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let b2 = backfilled.clone();
+        let applier = Applier::new(conn, counters.clone(), pending.clone(), log_dir, backfilled.clone(), next_seg);
         let thread = std::thread::Builder::new()
             .name("grace-journal".into())
-            .spawn(move || writer::run(conn, c2, rx, b2))
+            .spawn(move || applier.run(rx))
             .map_err(|e| StoreError(format!("cannot start the journal writer: {e}")))?;
+        let committer = Committer {
+            log,
+            reader: schema::open_reader(path)?,
+            counters: counters.clone(),
+            pending: pending.clone(),
+            applier: tx.clone(),
+            next_seq,
+        };
+        let (atx, arx) = mpsc::channel(writer::MAX_BATCH * 8);
+        let committer = std::thread::Builder::new()
+            .name("grace-commit".into())
+            .spawn(move || committer.run(arx))
+            .map_err(|e| StoreError(format!("cannot start the journal committer: {e}")))?;
         let store = SqliteStore {
             path: path.to_path_buf(),
+            appends: Mutex::new(Some(atx)),
             tx: Mutex::new(Some(tx)),
+            committer: Mutex::new(Some(committer)),
             thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some(checkpoint::Checkpointer::start(path, backfilled)?)),
             counters,
+            pending,
             readers: Arc::new(Mutex::new(Vec::new())),
         };
         Ok((store, recovered))
+    }
+
+    /// Answers once everything accepted or queued so far is in the database (for readers that
+    /// list or report rather than look one item up).
+    fn barrier(&self) -> StoreFuture<'_, ()> {
+        self.command(Cmd::Barrier)
     }
 
     pub fn path(&self) -> &Path {
@@ -131,6 +175,24 @@ fn with_thread_reader<T>(path: &Path, f: impl FnOnce(&Connection) -> Result<T, S
     })
 }
 
+/// Writes every item in the log into the database (those already there are left alone), with
+/// a durable commit, then retires the log (one file becomes segment `next_seg`). Returns how many items the log held.
+fn replay_log(conn: &mut Connection, dir: &Path, next_seg: u64) -> Result<usize, StoreError> {
+    let items = log::read_items(dir).map_err(StoreError)?;
+    if !items.is_empty() {
+        let tx = conn.transaction()?;
+        for (_, item) in &items {
+            ops::insert(&tx, item)?;
+        }
+        tx.commit()?;
+    }
+    if dir.exists() {
+        log::recycle(dir, next_seg, Some(next_seg))
+            .map_err(|e| StoreError(format!("cannot recycle {}: {e}", dir.display())))?;
+    }
+    Ok(items.len())
+}
+
 fn items(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<Item>, StoreError> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(p, schema::item)?.collect::<Result<Vec<_>, _>>()?;
@@ -139,7 +201,14 @@ fn items(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<I
 
 impl Store for SqliteStore {
     fn append(&self, item: NewItem, limits: Arc<GraceLimits>) -> StoreFuture<'_, AppendOutcome> {
-        self.command(move |r| Cmd::Append(Box::new(item), limits, r))
+        let sender = self.appends.lock().ok().and_then(|t| t.clone());
+        Box::pin(async move {
+            let sender = sender.ok_or_else(|| StoreError("the journal is closed".into()))?;
+            let (reply, rx) = oneshot::channel();
+            let stopped = || StoreError("the journal committer stopped".into());
+            sender.send(Append(Box::new(item), limits, reply)).await.map_err(|_| stopped())?;
+            rx.await.map_err(|_| stopped())?
+        })
     }
 
     fn transition(&self, t: Transition) -> StoreFuture<'_, bool> {
@@ -166,6 +235,9 @@ impl Store for SqliteStore {
         // On the request path for every settlement: an indexed point read on this thread's own
         // connection (microseconds; WAL readers never wait for the writer) instead of a trip
         // through the blocking pool.
+        if let Some(item) = self.pending.lock().ok().and_then(|p| p.by_key(&key)) {
+            return Box::pin(std::future::ready(Ok(Some(item))));
+        }
         let result = with_thread_reader(&self.path, |c| {
             static SQL: std::sync::LazyLock<String> =
                 std::sync::LazyLock::new(|| format!("SELECT {ITEM_COLS} FROM items WHERE idem_key = ?1"));
@@ -175,13 +247,19 @@ impl Store for SqliteStore {
     }
 
     fn get(&self, receipt_id: String) -> StoreFuture<'_, Option<Item>> {
+        if let Some(item) = self.pending.lock().ok().and_then(|p| p.by_receipt(&receipt_id)) {
+            return Box::pin(std::future::ready(Ok(Some(item))));
+        }
         self.read(move |c| {
             Ok(items(c, &format!("SELECT {ITEM_COLS} FROM items WHERE receipt_id = ?1"), params![receipt_id])?.pop())
         })
     }
 
     fn history(&self, receipt_id: String) -> StoreFuture<'_, Vec<TransitionRow>> {
-        self.read(move |c| report::history(c, &receipt_id))
+        Box::pin(async move {
+            self.barrier().await?;
+            self.read(move |c| report::history(c, &receipt_id)).await
+        })
     }
 
     fn due(&self, now_ms: i64, limit: usize) -> StoreFuture<'_, Vec<Item>> {
@@ -197,15 +275,27 @@ impl Store for SqliteStore {
              AND j.seq < i.seq AND j.state IN {}) ORDER BY seq LIMIT ?2",
             schema::OUTSTANDING
         );
-        self.read(move |c| items(c, &sql, params![now_ms, limit as i64]))
+        Box::pin(async move {
+            // Items accepted but not yet in the database are due too: have them written first.
+            if !self.pending.lock().map(|p| p.is_empty()).unwrap_or(true) {
+                self.barrier().await?;
+            }
+            self.read(move |c| items(c, &sql, params![now_ms, limit as i64])).await
+        })
     }
 
     fn list(&self, state: Option<State>, limit: usize) -> StoreFuture<'_, Vec<Item>> {
-        self.read(move |c| report::list(c, state, limit))
+        Box::pin(async move {
+            self.barrier().await?;
+            self.read(move |c| report::list(c, state, limit)).await
+        })
     }
 
     fn reconciliation(&self, date: String) -> StoreFuture<'_, serde_json::Value> {
-        self.read(move |c| report::reconciliation(c, &date))
+        Box::pin(async move {
+            self.barrier().await?;
+            self.read(move |c| report::reconciliation(c, &date)).await
+        })
     }
 
     fn summary(&self) -> Summary {
@@ -221,7 +311,14 @@ impl Store for SqliteStore {
         if let Some(mut c) = checkpointer {
             c.stop();
         }
-        // Dropping the sender ends the writer after it has committed everything queued.
+        // The committer first: it answers what is queued and hands the last items to the
+        // applier; then the applier, which commits everything queued before it stops.
+        let appends = self.appends.lock().ok().and_then(|mut tx| tx.take());
+        drop(appends);
+        let committer = self.committer.lock().ok().and_then(|mut t| t.take());
+        if let Some(committer) = committer {
+            let _ = committer.join();
+        }
         let sender = self.tx.lock().ok().and_then(|mut tx| tx.take());
         if let Some(sender) = sender {
             let _ = sender.try_send(Cmd::Stop);
@@ -331,6 +428,46 @@ mod tests {
         // Measured (restart at 4096 frames): 15 restarts in 4 s (an 83 MB WAL) with the writer
         // finishing checkpoints, none (an 818 MB WAL, still growing) without.
         assert!(restarts >= 2, "the WAL restarted {restarts} times in 3 s of appends ({} bytes)", wal.len());
+        store.close();
+    }
+
+    /// An item acknowledged but not yet applied when the process died is only in the log: the
+    /// offline reader shows it, and the next open writes it into the database, counts its
+    /// exposure and forwards it; an item in both is not doubled.
+    #[tokio::test]
+    async fn items_only_in_the_log_are_read_offline_and_replayed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        assert!(matches!(store.append(item(1, "a"), limits(10)).await.unwrap(), AppendOutcome::Accepted(_)));
+        store.close();
+        drop(store);
+        // What the committer writes for two more items when the applier never gets to them.
+        let accepted =
+            |i: u32, seq: i64| ops::accepted(item(i, "a"), seq, ops::Remaining { count: Some(7), amount: None });
+        let log_dir = log::dir_for(&path);
+        let mut w = log::Writer::open(&log_dir, log::next_id(&log_dir).unwrap()).unwrap();
+        let records = [log::encode(&accepted(1, 1)), log::encode(&accepted(2, 2)), log::encode(&accepted(3, 3))];
+        w.append(&records.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+        drop(w);
+
+        let offline = schema::open_offline(&path).unwrap();
+        let n: i64 = offline.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3, "item 1 is in the file and the log, items 2 and 3 only in the log");
+        drop(offline);
+
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.card_exposure("a"), (3, 300));
+        let r3 = store.get("r3".into()).await.unwrap().expect("replayed");
+        assert_eq!((r3.seq, r3.remaining_count), (3, Some(7)));
+        assert_eq!(store.due(i64::MAX, 10).await.unwrap().len(), 1, "one lane, one head");
+        assert!(log::segments(&log_dir).unwrap().len() <= 1, "replayed segments are recycled");
+        // Numbering continues after the replayed items; the replayed key is claimed.
+        match store.append(item(4, "a"), limits(10)).await.unwrap() {
+            AppendOutcome::Accepted(i) => assert_eq!(i.seq, 4),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(store.append(item(2, "a"), limits(10)).await.unwrap(), AppendOutcome::Existing(_)));
         store.close();
     }
 

@@ -1,8 +1,10 @@
-//! What the writer does with each command, inside its savepoint: the append with its key claim
-//! and limit check, compare-and-set transitions, and the expiry sweep.
+//! What the journal does with each command: the limit decision for an append (the committer),
+//! the insert of an accepted item, compare-and-set transitions and the expiry sweep (the
+//! applier, inside its savepoint).
 //!
-//! Each function changes the live [`Counters`] as it changes the items and logs an [`Undo`], so
-//! the writer can put the counters back if the savepoint or the whole transaction fails.
+//! Transitions and the sweep log the state moves they make; the applier applies them to the
+//! live [`Counters`] only once its transaction has committed, so the committer never decides a
+//! limit on exposure released by a change that might still roll back.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -47,27 +49,18 @@ fn scope_amount(scope: &str) -> &'static str {
     }
 }
 
-pub fn append(
-    conn: &Connection,
-    c: &mut Counters,
-    undo: &mut Vec<Undo>,
-    item: NewItem,
-    limits: &GraceLimits,
-) -> Result<AppendOutcome, StoreError> {
-    static BY_KEY: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("SELECT {ITEM_COLS} FROM items WHERE idem_key = ?1"));
-    let existing = conn.prepare_cached(&BY_KEY)?.query_row(params![item.idem_key], schema::item).optional()?;
-    if let Some(existing) = existing {
-        return Ok(AppendOutcome::Existing(Box::new(existing)));
-    }
+/// The limit decision for one new item against the live counters (the committer holds them
+/// locked across its whole batch): the card's remaining hard limits once it is accepted, or
+/// the limit it would break.
+pub fn decide(c: &Counters, item: &NewItem, limits: &GraceLimits) -> Result<Remaining, AppendOutcome> {
     let amount = u64::try_from(item.amount_fen).unwrap_or(u64::MAX);
     if amount > limits.per_settlement {
         let message = format!("a single settlement may be at most {} fen in grace", limits.per_settlement);
-        return Ok(AppendOutcome::Refused { limit: "per_settlement", message });
+        return Err(AppendOutcome::Refused { limit: "per_settlement", message });
     }
     if c.journal_bytes >= limits.journal_bytes {
         let message = format!("the grace journal reached its size limit of {} bytes", limits.journal_bytes);
-        return Ok(AppendOutcome::Refused { limit: "journal_size", message });
+        return Err(AppendOutcome::Refused { limit: "journal_size", message });
     }
     let card = c.cards.get(&item.card_ref).copied().unwrap_or_default();
     let inst = c.institutions.get(&item.institution).copied().unwrap_or_default();
@@ -75,49 +68,23 @@ pub fn append(
         .or_else(|| check("per_institution", &limits.institution, inst, amount))
         .or_else(|| check("total", &limits.total, c.total, amount));
     if let Some((limit, message)) = refused {
-        return Ok(AppendOutcome::Refused { limit, message });
+        return Err(AppendOutcome::Refused { limit, message });
     }
-    let remaining_count = limits.card_hard.count.map(|l| l as i64 - card.0 as i64 - 1);
-    let remaining_amount = limits.card_hard.amount.map(|l| l as i64 - card.1 - item.amount_fen);
-    conn.prepare_cached(
-        "INSERT INTO items(receipt_id, idem_key, fingerprint, policy, route, card_ref, card_masked, institution, \
-         amount_fen, reason, state, method, path, payload, encrypted, accepted_ms, deadline_ms, updated_ms, \
-         attempts, next_attempt_ms, remaining_count, remaining_amount) \
-         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?16,0,?20,?18,?19)",
-    )?
-    .execute(params![
-        item.receipt_id,
-        item.idem_key,
-        &item.fingerprint[..],
-        item.policy,
-        item.route,
-        item.card_ref,
-        item.card_masked,
-        item.institution,
-        item.amount_fen,
-        item.reason,
-        item.state.as_str(),
-        item.method,
-        item.path,
-        item.payload,
-        item.encrypted as i64,
-        item.accepted_ms,
-        item.deadline_ms,
-        remaining_count,
-        remaining_amount,
-        item.next_attempt_ms,
-    ])?;
-    let seq = conn.last_insert_rowid();
-    let share = Share {
-        seq,
-        card_ref: item.card_ref.clone(),
-        institution: item.institution.clone(),
-        amount_fen: item.amount_fen,
-        accepted_ms: item.accepted_ms,
-    };
-    c.added(&share, item.state);
-    undo.push(Undo::Added(share, item.state));
-    Ok(AppendOutcome::Accepted(Box::new(Item {
+    Ok(Remaining {
+        count: limits.card_hard.count.map(|l| l as i64 - card.0 as i64 - 1),
+        amount: limits.card_hard.amount.map(|l| l as i64 - card.1 - item.amount_fen),
+    })
+}
+
+/// Hard card limits left after an item.
+pub struct Remaining {
+    pub count: Option<i64>,
+    pub amount: Option<i64>,
+}
+
+/// An accepted item as the journal holds it (number, remaining limits).
+pub fn accepted(item: NewItem, seq: i64, remaining: Remaining) -> Item {
+    Item {
         seq,
         receipt_id: item.receipt_id,
         idem_key: item.idem_key,
@@ -143,9 +110,68 @@ pub fn append(
         final_body: None,
         backend_ref: None,
         last_error: None,
-        remaining_count,
-        remaining_amount,
-    })))
+        remaining_count: remaining.count,
+        remaining_amount: remaining.amount,
+    }
+}
+
+/// The share of the exposure an item holds.
+pub fn share(item: &Item) -> Share {
+    Share {
+        seq: item.seq,
+        card_ref: item.card_ref.clone(),
+        institution: item.institution.clone(),
+        amount_fen: item.amount_fen,
+        accepted_ms: item.accepted_ms,
+    }
+}
+
+/// Writes an accepted item (already in the log) into the database. Replaying the log after a
+/// crash inserts items the database may already have: those are left as they are (they may
+/// have moved on since).
+pub fn insert(conn: &Connection, item: &Item) -> Result<(), StoreError> {
+    insert_into(conn, "items", item)
+}
+
+/// [`insert`] into another table of the same shape (the offline reader's overlay).
+pub fn insert_into(conn: &Connection, table: &str, item: &Item) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO {table}(seq, receipt_id, idem_key, fingerprint, policy, route, card_ref, card_masked, \
+         institution, amount_fen, reason, state, method, path, payload, encrypted, accepted_ms, deadline_ms, \
+         updated_ms, attempts, next_attempt_ms, remaining_count, remaining_amount) \
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?17,0,?19,?20,?21)"
+    ))?
+    .execute(params![
+        item.seq,
+        item.receipt_id,
+        item.idem_key,
+        item.fingerprint,
+        item.policy,
+        item.route,
+        item.card_ref,
+        item.card_masked,
+        item.institution,
+        item.amount_fen,
+        item.reason,
+        item.state.as_str(),
+        item.method,
+        item.path,
+        item.payload,
+        item.encrypted as i64,
+        item.accepted_ms,
+        item.deadline_ms,
+        item.next_attempt_ms,
+        item.remaining_count,
+        item.remaining_amount,
+    ])?;
+    Ok(())
+}
+
+/// The item holding an idempotency key in the database, if any.
+pub fn by_key(conn: &Connection, key: &str) -> Result<Option<Item>, StoreError> {
+    static BY_KEY: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {ITEM_COLS} FROM items WHERE idem_key = ?1"));
+    Ok(conn.prepare_cached(&BY_KEY)?.query_row(params![key], schema::item).optional()?)
 }
 
 fn share_of(conn: &Connection, receipt_id: &str) -> Result<Option<(Share, State)>, StoreError> {
@@ -183,12 +209,7 @@ fn record(
     .map(|_| ())
 }
 
-pub fn transition(
-    conn: &Connection,
-    c: &mut Counters,
-    undo: &mut Vec<Undo>,
-    t: &Transition,
-) -> Result<bool, StoreError> {
+pub fn transition(conn: &Connection, moves: &mut Vec<Undo>, t: &Transition) -> Result<bool, StoreError> {
     let Some((share, current)) = share_of(conn, &t.receipt_id)? else { return Ok(false) };
     if !t.from.is_empty() && !t.from.contains(&current) {
         return Ok(false);
@@ -219,14 +240,13 @@ pub fn transition(
         record(conn, &t.receipt_id, current, to, now, &t.actor, &t.note)?;
     }
     if to != current {
-        c.moved(&share, current, to);
-        undo.push(Undo::Moved(share, current, to));
+        moves.push(Undo::Moved(share, current, to));
         metrics::counter!(names::GRACE_TRANSITIONS_TOTAL, "to" => to.as_str()).increment(1);
     }
     Ok(true)
 }
 
-pub fn expire(conn: &Connection, c: &mut Counters, undo: &mut Vec<Undo>, now: i64) -> Result<u64, StoreError> {
+pub fn expire(conn: &Connection, moves: &mut Vec<Undo>, now: i64) -> Result<u64, StoreError> {
     let ids: Vec<String> = conn
         .prepare_cached(
             "SELECT receipt_id FROM items WHERE deadline_ms < ?1 AND state IN ('journaled','retry_wait','unknown')",
@@ -238,8 +258,7 @@ pub fn expire(conn: &Connection, c: &mut Counters, undo: &mut Vec<Undo>, now: i6
         conn.execute("UPDATE items SET state='needs_review', updated_ms=?2 WHERE receipt_id=?1", params![id, now])?;
         record(conn, id, current, State::Expired, now, "forwarder", "not settled before the forward deadline")?;
         record(conn, id, State::Expired, State::NeedsReview, now, "forwarder", "waiting for an operator")?;
-        c.moved(&share, current, State::NeedsReview);
-        undo.push(Undo::Moved(share, current, State::NeedsReview));
+        moves.push(Undo::Moved(share, current, State::NeedsReview));
     }
     Ok(ids.len() as u64)
 }

@@ -139,6 +139,33 @@ pub fn open_reader(path: &std::path::Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Opens a journal for offline reading (the `lifeline grace` CLI): items still only in its log
+/// (`<file>-log/`, after a crash) are laid over the file's items in temporary tables, so the
+/// reports see every item that was acknowledged. Neither the journal nor its log is changed.
+pub fn open_offline(path: &std::path::Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError(format!("cannot open journal {}: {e}", path.display())))?;
+    conn.execute_batch("PRAGMA busy_timeout=10000;")?;
+    let logged = super::log::read_items(&super::log::dir_for(path)).map_err(StoreError)?;
+    if !logged.is_empty() {
+        // Temporary objects live outside the file; `temp.items` shadows `main.items` for the
+        // reports' unqualified queries.
+        conn.execute_batch(
+            "CREATE TEMP TABLE log_items AS SELECT * FROM main.items WHERE 0; \
+             CREATE TEMP VIEW items AS SELECT * FROM main.items \
+             UNION ALL SELECT * FROM temp.log_items WHERE seq NOT IN (SELECT seq FROM main.items);",
+        )?;
+        let tx = conn.unchecked_transaction()?;
+        for (_, item) in &logged {
+            super::ops::insert_into(&tx, "temp.log_items", item)?;
+        }
+        tx.commit()?;
+    }
+    conn.execute_batch("PRAGMA query_only=1;")?;
+    Ok(conn)
+}
+
 /// `PRAGMA integrity_check`; an error names what SQLite found.
 pub fn integrity_check(conn: &Connection) -> Result<(), StoreError> {
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;

@@ -1,0 +1,192 @@
+//! The committer: the thread every append goes through, and the only one that accepts items.
+//!
+//! It takes the first waiting append plus everything queued behind it (up to
+//! [`MAX_BATCH`](super::writer::MAX_BATCH)), and for each: looks the idempotency key up (items
+//! not yet applied to the database, then the database), decides the limits against the live
+//! counters, numbers the item and counts its exposure. Then ONE write and ONE `fdatasync` of the
+//! log for the whole group, and only then the answers. The accepted items go to the applier
+//! (`writer.rs`) to be written into SQLite behind the log. One thread makes the key claim, the
+//! limit decision and the append atomic, as the single SQLite writer did before, and the batch
+//! is all-or-nothing: if the log cannot be written, every item of it is refused and its counts
+//! are taken back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::counters::{Counters, Undo};
+use super::log;
+use super::ops;
+use super::writer::{Cmd, MAX_BATCH};
+use crate::grace::config::GraceLimits;
+use crate::grace::store::{AppendOutcome, Item, NewItem, StoreError};
+use crate::telemetry::names;
+
+pub type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
+pub struct Append(pub Box<NewItem>, pub Arc<GraceLimits>, pub Reply);
+
+/// Accepted items the applier has not yet written into the database. Readers look here
+/// first, then in the database: the applier removes an item only after its commit, so an item
+/// is always in one of the two.
+#[derive(Default)]
+pub struct Pending {
+    by_key: HashMap<String, Arc<Item>>,
+    key_of_receipt: HashMap<String, String>,
+}
+
+impl Pending {
+    pub fn by_key(&self, key: &str) -> Option<Item> {
+        self.by_key.get(key).map(|i| (**i).clone())
+    }
+
+    pub fn by_receipt(&self, receipt_id: &str) -> Option<Item> {
+        self.key_of_receipt.get(receipt_id).and_then(|k| self.by_key(k))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn insert(&mut self, item: &Arc<Item>) {
+        self.key_of_receipt.insert(item.receipt_id.clone(), item.idem_key.clone());
+        self.by_key.insert(item.idem_key.clone(), item.clone());
+    }
+
+    /// Called by the applier once `items` are committed to the database.
+    pub fn applied(&mut self, items: &[Arc<Item>]) {
+        for item in items {
+            self.by_key.remove(&item.idem_key);
+            self.key_of_receipt.remove(&item.receipt_id);
+        }
+    }
+}
+
+pub struct Committer {
+    pub log: log::Writer,
+    /// A read connection for key lookups in the database.
+    pub reader: Connection,
+    pub counters: Arc<Mutex<Counters>>,
+    pub pending: Arc<Mutex<Pending>>,
+    pub applier: mpsc::Sender<Cmd>,
+    pub next_seq: i64,
+}
+
+impl Committer {
+    /// Runs until every sender is dropped.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+        let fsync = metrics::histogram!(names::GRACE_FSYNC_SECONDS);
+        // Set when the log could not be written: its state on disk is unknown from then on, so
+        // nothing more is accepted until a restart replays what is there.
+        let mut broken: Option<StoreError> = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = Vec::with_capacity(64);
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
+                }
+            }
+            if let Some(e) = &broken {
+                batch.into_iter().for_each(|Append(_, _, r)| drop(r.send(Err(e.clone()))));
+                continue;
+            }
+            if let Err(e) = self.commit(batch, &fsync) {
+                tracing::error!(error = %e, "grace log write failed; the journal accepts nothing more until restarted");
+                broken = Some(e);
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Append>, fsync: &metrics::Histogram) -> Result<(), StoreError> {
+        // Key lookups first, without the counters' lock (the database read may touch disk).
+        let mut looked_up = Vec::with_capacity(batch.len());
+        for Append(item, limits, reply) in batch {
+            let known = self.known(&item.idem_key);
+            looked_up.push((item, limits, reply, known));
+        }
+        let mut answers: Vec<(Reply, Result<AppendOutcome, StoreError>)> = Vec::with_capacity(looked_up.len());
+        let mut accepted: Vec<Arc<Item>> = Vec::new();
+        let mut in_batch: HashMap<String, usize> = HashMap::new();
+        let mut undo = Vec::new();
+        {
+            let mut c = self.counters.lock().map_err(|_| StoreError("counters poisoned".into()))?;
+            for (item, limits, reply, known) in looked_up {
+                let outcome = match known {
+                    Err(e) => Err(e),
+                    Ok(Some(existing)) => Ok(AppendOutcome::Existing(Box::new(existing))),
+                    Ok(None) => match in_batch.get(&item.idem_key) {
+                        Some(&i) => Ok(AppendOutcome::Existing(Box::new((*accepted[i]).clone()))),
+                        None => match ops::decide(&c, &item, &limits) {
+                            Err(refused) => Ok(refused),
+                            Ok(remaining) => {
+                                let item = Arc::new(ops::accepted(*item, self.next_seq, remaining));
+                                self.next_seq += 1;
+                                let share = ops::share(&item);
+                                c.added(&share, item.state);
+                                undo.push(Undo::Added(share, item.state));
+                                in_batch.insert(item.idem_key.clone(), accepted.len());
+                                accepted.push(item.clone());
+                                Ok(AppendOutcome::Accepted(Box::new((*item).clone())))
+                            }
+                        },
+                    },
+                };
+                answers.push((reply, outcome));
+            }
+        }
+        if accepted.is_empty() {
+            answers.into_iter().for_each(|(r, v)| drop(r.send(v)));
+            return Ok(());
+        }
+        let records: Vec<Vec<u8>> = accepted.iter().map(|i| log::encode(i)).collect();
+        let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let started = Instant::now();
+        let written = self.log.append(&refs);
+        fsync.record(started.elapsed().as_secs_f64());
+        let (seg, offset) = match written {
+            Ok(at) => at,
+            Err(e) => {
+                self.next_seq -= accepted.len() as i64;
+                if let Ok(mut c) = self.counters.lock() {
+                    c.undo(undo);
+                }
+                let err = StoreError(format!("cannot write the grace log: {e}"));
+                for (reply, outcome) in answers {
+                    // Refusals and earlier items stand; anything this batch accepted does not.
+                    let v = match outcome {
+                        Ok(AppendOutcome::Refused { limit, message }) => Ok(AppendOutcome::Refused { limit, message }),
+                        Ok(AppendOutcome::Existing(i)) if !in_batch.contains_key(&i.idem_key) => {
+                            Ok(AppendOutcome::Existing(i))
+                        }
+                        _ => Err(err.clone()),
+                    };
+                    drop(reply.send(v));
+                }
+                return Err(err);
+            }
+        };
+        if let Ok(mut p) = self.pending.lock() {
+            accepted.iter().for_each(|i| p.insert(i));
+        }
+        // Queued before anyone hears of the items, so an operator's command about one of them
+        // reaches the applier after the item itself.
+        if self.applier.blocking_send(Cmd::Apply(accepted, seg, offset)).is_err() {
+            tracing::error!("the grace journal applier stopped; accepted items stay in the log until a restart");
+        }
+        answers.into_iter().for_each(|(r, v)| drop(r.send(v)));
+        Ok(())
+    }
+
+    /// The item already holding `key`: not yet applied, or in the database.
+    fn known(&self, key: &str) -> Result<Option<Item>, StoreError> {
+        if let Some(item) = self.pending.lock().ok().and_then(|p| p.by_key(key)) {
+            return Ok(Some(item));
+        }
+        ops::by_key(&self.reader, key)
+    }
+}
