@@ -99,6 +99,7 @@ impl Applier {
     pub fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         let mut stop = false;
         let mut last = Instant::now();
+        let mut failures = 0u32;
         loop {
             let first = if self.carry.is_empty() {
                 match rx.blocking_recv() {
@@ -128,8 +129,16 @@ impl Applier {
             }
             if (!batch.is_empty() || !self.carry.is_empty()) && !self.commit_batch(batch) {
                 // The database refused the items (disk full, I/O error): they are safe in the
-                // log; try again shortly rather than spin.
+                // log; try again shortly rather than spin, and when stopping, not forever (the
+                // next start replays the log).
+                failures += 1;
+                if (stop || rx.is_closed()) && failures >= 5 {
+                    tracing::error!("grace journal stopping with items not yet in the database; the log keeps them");
+                    break;
+                }
                 std::thread::park_timeout(Duration::from_millis(200));
+            } else {
+                failures = 0;
             }
             if self.backfilled.swap(false, Ordering::AcqRel) {
                 finish_checkpoint(&self.conn);
