@@ -428,7 +428,15 @@ mod tests {
         // Measured (restart at 4096 frames): 15 restarts in 4 s (an 83 MB WAL) with the writer
         // finishing checkpoints, none (an 818 MB WAL, still growing) without.
         assert!(restarts >= 2, "the WAL restarted {restarts} times in 3 s of appends ({} bytes)", wal.len());
+        // The log is bounded too: segments the database holds for good are reused or deleted
+        // (the current one, the next one prepared, at most one retiring).
+        let log_dir = log::dir_for(&path);
+        let segments = log::segments(&log_dir).unwrap();
+        let newest = segments.last().map(|s| s.0).unwrap_or(0);
+        assert!(newest >= 2, "{total} appends should fill more than one 16 MiB segment (newest is {newest})");
+        assert!(segments.len() <= 3, "{} segment files kept: {segments:?}", segments.len());
         store.close();
+        assert!(log::segments(&log_dir).unwrap().is_empty(), "a clean close leaves no log to replay");
     }
 
     /// An item acknowledged but not yet applied when the process died is only in the log: the
