@@ -1,9 +1,9 @@
 //! The journal behind a trait, so a shared PostgreSQL store can follow the embedded SQLite one.
 //!
 //! A [`Store`] keeps grace items and their state machine. Its one hard promise is
-//! [`Store::append`]: the idempotency-key claim, the exposure-limit check and the insert happen
-//! in ONE transaction, and the returned future resolves only after that transaction is durable
-//! (fsync done). Everything the forwarder and the operators do is a compare-and-set
+//! [`Store::append`]: the idempotency-key claim, the exposure-limit check and the insert are one
+//! atomic step (no other append sees a state between them), and the returned future resolves
+//! only after the item is durable (fsync done; the SQLite store's is its write-ahead log). Everything the forwarder and the operators do is a compare-and-set
 //! [`Store::transition`], timestamped and recorded.
 //!
 //! States (research §5.5):
