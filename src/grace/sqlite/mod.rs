@@ -122,9 +122,15 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Cmd + Send + 'static,
     ) -> StoreFuture<'_, T> {
         let sender = self.sender();
+        let applier = self.thread.lock().ok().and_then(|t| t.as_ref().map(|h| h.thread().clone()));
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             sender?.send(make(reply)).await.map_err(|_| StoreError("the journal writer stopped".into()))?;
+            // The applier may be holding accepted items back for a bigger batch: a command
+            // does not wait for that.
+            if let Some(t) = applier {
+                t.unpark();
+            }
             rx.await.map_err(|_| StoreError("the journal writer stopped".into()))?
         })
     }
