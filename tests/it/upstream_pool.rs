@@ -23,7 +23,12 @@ enum Behaviour {
     SilentClose,
     /// Answer with `Connection: close`, then close.
     AnnouncedClose,
+    /// Keep-alive, with a response head and body larger than hyper's first 8 KiB read buffer.
+    Big,
 }
+
+const BIG_HEADER: usize = 6 * 1024;
+const BIG_BODY: usize = 200 * 1024;
 
 struct RawUpstream {
     addr: SocketAddr,
@@ -60,11 +65,19 @@ impl RawUpstream {
                             buf.drain(..end + 4);
                             let close =
                                 if behaviour == Behaviour::AnnouncedClose { "connection: close\r\n" } else { "" };
-                            let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\nok");
+                            let resp = if behaviour == Behaviour::Big {
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: {BIG_BODY}\r\n\r\n{}",
+                                    "h".repeat(BIG_HEADER),
+                                    "b".repeat(BIG_BODY)
+                                )
+                            } else {
+                                format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\nok")
+                            };
                             if s.write_all(resp.as_bytes()).await.is_err() {
                                 return;
                             }
-                            if behaviour != Behaviour::KeepAlive {
+                            if !matches!(behaviour, Behaviour::KeepAlive | Behaviour::Big) {
                                 return; // drops the socket
                             }
                         }
@@ -93,6 +106,25 @@ async fn sequential(sc: &Sidecar, n: usize) -> Vec<u16> {
         out.push(send(&client, req).await.status.as_u16());
     }
     out
+}
+
+/// A response head and body larger than the connection's first read buffer arrive whole, and
+/// the connection is reused after them. (Reading upstream responses 4 KiB at a time, tried in
+/// session 4 for memory, failed here with a 502: an exact read size also caps the head.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_passes_responses_larger_than_its_read_size_whole() {
+    let up = RawUpstream::start(Behaviour::Big).await;
+    let sc = Sidecar::start(&yaml(up.addr, "")).await;
+    let client = http1();
+    for i in 0..3 {
+        let req = Request::get(sc.url(&format!("/big/{i}"))).body(Full::new(Bytes::new())).unwrap();
+        let got = send(&client, req).await;
+        assert_eq!(got.status.as_u16(), 200);
+        assert_eq!(got.header("x-big").map(str::len), Some(BIG_HEADER));
+        assert_eq!(got.body.len(), BIG_BODY);
+        assert!(got.body.iter().all(|b| *b == b'b'));
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "one upstream connection for all three");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
