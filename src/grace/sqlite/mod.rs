@@ -41,6 +41,8 @@ pub struct SqliteStore {
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The applier's thread, to unpark it when a command arrives.
+    applier: std::thread::Thread,
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
     counters: Arc<Mutex<Counters>>,
     pending: Arc<Mutex<Pending>>,
@@ -94,6 +96,7 @@ impl SqliteStore {
             appends: Mutex::new(Some(atx)),
             tx: Mutex::new(Some(tx)),
             committer: Mutex::new(Some(committer)),
+            applier: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some(checkpoint::Checkpointer::start(path, backfilled)?)),
             counters,
@@ -122,15 +125,13 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Cmd + Send + 'static,
     ) -> StoreFuture<'_, T> {
         let sender = self.sender();
-        let applier = self.thread.lock().ok().and_then(|t| t.as_ref().map(|h| h.thread().clone()));
+        let applier = self.applier.clone();
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             sender?.send(make(reply)).await.map_err(|_| StoreError("the journal writer stopped".into()))?;
             // The applier may be holding accepted items back for a bigger batch: a command
             // does not wait for that.
-            if let Some(t) = applier {
-                t.unpark();
-            }
+            applier.unpark();
             rx.await.map_err(|_| StoreError("the journal writer stopped".into()))?
         })
     }

@@ -250,16 +250,12 @@ impl Applier {
         };
         {
             for a in &applies {
-                if apply_error.is_none() {
-                    apply_error = a.items.iter().find_map(|i| ops::insert(&tx, i).err());
-                }
+                insert_all(&tx, &a.items, &mut apply_error);
             }
             for cmd in batch {
                 let mark = moves.len();
                 if let Cmd::Apply(items, seg, offset) = cmd {
-                    if apply_error.is_none() {
-                        apply_error = items.iter().find_map(|i| ops::insert(&tx, i).err());
-                    }
+                    insert_all(&tx, &items, &mut apply_error);
                     applies.push(Applies { items, seg, offset });
                     continue;
                 }
@@ -333,6 +329,14 @@ impl Applier {
                 tracing::warn!(error = %e, "cannot prepare the next grace log segment");
             }
         }
+    }
+}
+
+/// Inserts accepted items until the first error (after one, the transaction is rolled back and
+/// the items retried, so nothing more is attempted).
+fn insert_all(conn: &Connection, items: &[Arc<Item>], error: &mut Option<StoreError>) {
+    if error.is_none() {
+        *error = items.iter().find_map(|i| ops::insert(conn, i).err());
     }
 }
 
