@@ -24,6 +24,7 @@ mod controller;
 pub mod endpoint;
 pub mod events;
 pub mod failover;
+mod h1;
 pub mod health;
 pub mod operator;
 pub mod outlier;
@@ -214,9 +215,7 @@ impl Cluster {
             Err(pool::SendError::NotSent(cause)) => {
                 Err(fail(ErrorKind::ConnectFailed, "the connection failed before the request was sent to", cause))
             }
-            Err(pool::SendError::Exchange(err)) => {
-                Err(fail(ErrorKind::UpstreamReset, "request failed on", source_text(&err)))
-            }
+            Err(pool::SendError::Exchange(cause)) => Err(fail(ErrorKind::UpstreamReset, "request failed on", cause)),
         }
     }
 
@@ -255,13 +254,4 @@ pub fn deactivate(clusters: &BTreeMap<String, Arc<Cluster>>) {
     for c in clusters.values() {
         c.stop();
     }
-}
-
-/// The innermost cause of a hyper client error, which names what actually went wrong.
-fn source_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = err;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }

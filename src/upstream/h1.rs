@@ -1,0 +1,605 @@
+//! A minimal HTTP/1.1 client connection, driven by the task that uses it.
+//!
+//! hyper's client connection is a future of its own: the request goes to it through a channel,
+//! the response comes back through a oneshot, and the connection task and the request task wake
+//! each other twice per exchange. On the proxy path that was the largest single cost per request
+//! (BENCHMARKS.md, sessions 2 and 3). Here the request's own task writes the request head and
+//! body, reads and parses the response head (httparse), and the response body reads the socket
+//! when the downstream connection polls it. One exchange involves one task and no channel.
+//!
+//! Scope, on purpose: HTTP/1.1 origin-form requests to a backend, one exchange at a time, no
+//! upgrades (the proxy strips `Upgrade`). Message framing follows RFC 9112 §6: the request body
+//! is sent with `Content-Length` when its size is known and chunked otherwise; the response body
+//! is empty for HEAD, 1xx, 204 and 304, chunked when `Transfer-Encoding` ends in chunked,
+//! `Content-Length` delimited when that is valid, and read until close otherwise. Interim 1xx
+//! responses are skipped. A connection is reused only when its response was fully read, framed
+//! by length or chunks, HTTP/1.1, without `Connection: close` and with nothing left over.
+
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::error::BoxError;
+use crate::proxy::body::ProxyBody;
+
+/// Most response headers accepted (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// Largest response head (and chunk trailer section) accepted.
+const MAX_HEAD: usize = 256 << 10;
+/// Longest chunk-size line (size and extensions).
+const MAX_CHUNK_LINE: usize = 4 << 10;
+/// First read size of a connection; reads grow up to [`MAX_READ`] while they fill the buffer.
+const MIN_READ: usize = 4 << 10;
+const MAX_READ: usize = 64 << 10;
+/// Request body frames up to this size are copied behind the head and written with it.
+const INLINE_BODY: usize = 16 << 10;
+
+/// One connection to a backend.
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// Encoded request head (and small body frames), kept for its capacity.
+    out: Vec<u8>,
+    next_read: usize,
+}
+
+/// Where a connection goes once its response body has been read to the end.
+pub trait Release: Send + Sync + 'static {
+    fn release(&self, conn: Conn);
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Not one byte of the request was written: it may go out elsewhere.
+    NotSent(io::Error),
+    /// The exchange failed after the request (or part of it) was written: it may have reached
+    /// the backend.
+    Exchange(String),
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Conn {
+        Conn { io, buf: BytesMut::new(), out: Vec::new(), next_read: MIN_READ }
+    }
+
+    /// True when the connection can carry a request: the peer has not closed it, reset it or
+    /// sent anything unasked (an idle backend may announce a timeout, then close). Asks the
+    /// kernel (a non-blocking peek), not the runtime's cached readiness, so a close that arrived
+    /// while this thread was busy is seen.
+    pub fn is_usable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&self.io).peek(&mut probe) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            Ok(_) => false,
+        }
+    }
+
+    /// Reads what the socket has into the buffer; `Ok(0)` is end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
+            self.buf.reserve(self.next_read);
+        }
+        loop {
+            match self.io.try_read_buf(&mut self.buf) {
+                Ok(n) => {
+                    if n > 0 && self.buf.capacity() == self.buf.len() {
+                        // The read filled the buffer: more is probably waiting.
+                        self.next_read = (self.next_read * 2).min(MAX_READ);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(self.io.poll_read_ready(cx))?,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Writes `self.out` whole, adding what was accepted to `written`, then clears it.
+    async fn flush_out(&mut self, written: &mut u64) -> io::Result<()> {
+        let mut at = 0;
+        while at < self.out.len() {
+            let n = self.io.write(&self.out[at..]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            at += n;
+            *written += n as u64;
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    async fn write_direct(&mut self, data: &[u8], written: &mut u64) -> io::Result<()> {
+        self.io.write_all(data).await?;
+        *written += data.len() as u64;
+        Ok(())
+    }
+}
+
+/// Sends `req` (origin-form target, `Host` set, hop-by-hop headers removed) on `conn` and
+/// returns the response once its head has arrived. The body reads the rest from the connection
+/// and hands the connection to `home` when it ends and the connection can carry another.
+pub async fn send<R: Release>(
+    mut conn: Conn,
+    req: Request<ProxyBody>,
+    home: Arc<R>,
+) -> Result<Response<ProxyBody>, Failure> {
+    let head_only = req.method() == Method::HEAD;
+    let mut written = 0u64;
+    let fail = |written: u64, e: io::Error| {
+        if written == 0 {
+            Failure::NotSent(e)
+        } else {
+            Failure::Exchange(e.to_string())
+        }
+    };
+    let (parts, mut body) = req.into_parts();
+    let framing = encode_head(&mut conn.out, &parts, &body);
+    drop(parts);
+    if body.is_end_stream() {
+        conn.flush_out(&mut written).await.map_err(|e| fail(written, e))?;
+    } else {
+        let mut sent = 0u64;
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Failure::Exchange(format!("reading the request body: {e}")))?;
+            let frame = match frame.into_data() {
+                Ok(data) => {
+                    sent += data.len() as u64;
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if framing == ReqBody::Chunked {
+                        conn.out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    }
+                    if conn.out.len() + data.len() <= INLINE_BODY {
+                        conn.out.extend_from_slice(&data);
+                    } else {
+                        conn.flush_out(&mut written).await.map_err(|e| fail(written, e))?;
+                        conn.write_direct(&data, &mut written).await.map_err(|e| fail(written, e))?;
+                    }
+                    if framing == ReqBody::Chunked {
+                        conn.out.extend_from_slice(b"\r\n");
+                    }
+                    if body.is_end_stream() {
+                        break;
+                    }
+                    // More is coming, maybe not soon: what we have goes out now.
+                    conn.flush_out(&mut written).await.map_err(|e| fail(written, e))?;
+                    continue;
+                }
+                Err(frame) => frame,
+            };
+            if let Ok(t) = frame.into_trailers() {
+                trailers = Some(t);
+            }
+        }
+        match framing {
+            ReqBody::Chunked => {
+                conn.out.extend_from_slice(b"0\r\n");
+                for (name, value) in trailers.iter().flatten() {
+                    put_header(&mut conn.out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                conn.out.extend_from_slice(b"\r\n");
+            }
+            ReqBody::Length(n) if n != sent => {
+                return Err(Failure::Exchange(format!("the request body was {sent} bytes, not the {n} announced")));
+            }
+            ReqBody::Length(_) => {}
+        }
+        conn.flush_out(&mut written).await.map_err(|e| fail(written, e))?;
+    }
+    drop(body);
+    read_response(conn, head_only, home).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqBody {
+    Length(u64),
+    Chunked,
+}
+
+/// Encodes the request line and headers; `Content-Length` and `Transfer-Encoding` are written
+/// from the body as it is, never copied from the incoming request.
+fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &ProxyBody) -> ReqBody {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let framing = if body.is_end_stream() {
+        ReqBody::Length(0)
+    } else {
+        body.size_hint().exact().map_or(ReqBody::Chunked, ReqBody::Length)
+    };
+    match framing {
+        ReqBody::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ReqBody::Length(0)
+            if !parts.headers.contains_key(CONTENT_LENGTH)
+                && matches!(
+                    parts.method,
+                    Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+                ) => {}
+        ReqBody::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Reads the response head (skipping interim 1xx answers) and builds the response around a
+/// body that reads the rest.
+async fn read_response<R: Release>(
+    mut conn: Conn,
+    head_only: bool,
+    home: Arc<R>,
+) -> Result<Response<ProxyBody>, Failure> {
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_head(&mut conn.buf)? {
+                Some(resp) if resp.status().is_informational() => continue,
+                Some(resp) => return attach_body(conn, resp, head_only, home),
+                None => {}
+            }
+        }
+        let n = poll_fn(|cx| conn.poll_fill(cx)).await.map_err(|e| Failure::Exchange(e.to_string()))?;
+        if n == 0 {
+            let what = if conn.buf.is_empty() { "before a response" } else { "in the middle of the response head" };
+            return Err(Failure::Exchange(format!("the backend closed the connection {what}")));
+        }
+    }
+}
+
+/// Parses a complete head off the front of `buf`; `None` when more bytes are needed.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Failure> {
+    let invalid = |why: String| Failure::Exchange(format!("invalid response from the backend: {why}"));
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let (len, code, minor, count) = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            let base = buf.as_ptr() as usize;
+            for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+                let name = h.name.as_ptr() as usize - base;
+                let value = h.value.as_ptr() as usize - base;
+                *span = (name, name + h.name.len(), value, value + h.value.len());
+            }
+            (len, parsed.code.unwrap_or(0), parsed.version.unwrap_or(1), parsed.headers.len())
+        }
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(invalid(format!("response head larger than {MAX_HEAD} bytes")));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(invalid(e.to_string())),
+    };
+    let status = StatusCode::from_u16(code).map_err(|_| invalid(format!("status code {code}")))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(invalid("101 Switching Protocols to a request that asked for no upgrade".into()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut map = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| invalid("a header name".into()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| invalid("a header value".into()))?;
+        map.append(name, value);
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    *resp.headers_mut() = map;
+    Ok(Some(resp))
+}
+
+fn attach_body<R: Release>(
+    conn: Conn,
+    resp: Response<()>,
+    head_only: bool,
+    home: Arc<R>,
+) -> Result<Response<ProxyBody>, Failure> {
+    let (parts, ()) = resp.into_parts();
+    let framing = response_framing(&parts, head_only)
+        .map_err(|why| Failure::Exchange(format!("invalid response from the backend: {why}")))?;
+    let keep = matches!(framing, Framing::Length(_) | Framing::Chunked(_))
+        && parts.version == Version::HTTP_11
+        && !closes(&parts.headers);
+    let mut body = ResponseBody { conn: Some(conn), framing, home: keep.then_some(home) };
+    if body.framing == Framing::Length(0) {
+        body.finish();
+    }
+    Ok(Response::from_parts(parts, crate::proxy::body::boxed(body)))
+}
+
+/// RFC 9112 §6.3.
+fn response_framing(parts: &http::response::Parts, head_only: bool) -> Result<Framing, String> {
+    let s = parts.status;
+    if head_only || s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length(0));
+    }
+    if let Some(last) = parts.headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        let chunked =
+            last.to_str().is_ok_and(|v| v.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")));
+        return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::Eof });
+    }
+    let mut length = None;
+    for v in parts.headers.get_all(CONTENT_LENGTH) {
+        for item in v.to_str().map_err(|_| "a Content-Length that is not text".to_string())?.split(',') {
+            let item = item.trim();
+            let n = (!item.is_empty() && item.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| item.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| format!("Content-Length {item:?} is not a length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err("Content-Length values that disagree".into());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Eof, Framing::Length))
+}
+
+/// True when the response ends its connection (`Connection: close`).
+fn closes(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the backend closes the connection.
+    Eof,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data are left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Expecting the trailer section after the last chunk.
+    Trailers,
+}
+
+/// What the buffered bytes gave.
+enum Step {
+    Frame(Frame<Bytes>),
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+/// A response body read straight from its connection.
+struct ResponseBody<R: Release> {
+    conn: Option<Conn>,
+    framing: Framing,
+    /// Where the connection goes at the end; `None` when it must close.
+    home: Option<Arc<R>>,
+}
+
+impl<R: Release> ResponseBody<R> {
+    /// The body ended: the connection goes home if it can carry another exchange.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) {
+            if conn.buf.is_empty() {
+                home.release(conn);
+            }
+        }
+    }
+
+    /// Decodes what is buffered.
+    fn step(&mut self) -> Result<Step, String> {
+        let Some(conn) = self.conn.as_mut() else { return Ok(Step::End) };
+        let buf = &mut conn.buf;
+        loop {
+            match &mut self.framing {
+                Framing::Done => return Ok(Step::End),
+                Framing::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    let data = buf.split_to(n as usize).freeze();
+                    return Ok(Step::Frame(Frame::data(data)));
+                }
+                Framing::Eof => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    return Ok(Step::Frame(Frame::data(buf.split().freeze())));
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let Some(eol) = find_crlf(buf) else {
+                        return if buf.len() > MAX_CHUNK_LINE {
+                            Err("chunk-size line too long".into())
+                        } else {
+                            Ok(Step::More)
+                        };
+                    };
+                    let size = parse_chunk_size(&buf[..eol])?;
+                    buf.advance(eol + 2);
+                    self.framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                }
+                Framing::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    if *left == 0 {
+                        self.framing = Framing::Chunked(Chunk::DataEnd);
+                    }
+                    return Ok(Step::Frame(Frame::data(buf.split_to(n as usize).freeze())));
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF".into());
+                    }
+                    buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.framing = Framing::Done;
+                        return Ok(Step::End);
+                    }
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(buf, &mut headers) {
+                        Ok(httparse::Status::Complete((len, fields))) => {
+                            let mut map = HeaderMap::with_capacity(fields.len());
+                            for h in fields {
+                                if let (Ok(name), Ok(value)) =
+                                    (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value))
+                                {
+                                    map.append(name, value);
+                                }
+                            }
+                            buf.advance(len);
+                            self.framing = Framing::Done;
+                            return Ok(Step::Frame(Frame::trailers(map)));
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                            return Err("trailer section too large".into());
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(Step::More),
+                        Err(e) => return Err(format!("trailer section: {e}")),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// The hex size at the start of a chunk-size line; extensions after `;` are ignored.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, String> {
+    let end = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
+    let rest = &line[end..];
+    if end == 0 || end > 15 || !(rest.is_empty() || rest[0] == b';' || rest[0] == b' ' || rest[0] == b'\t') {
+        return Err(format!("invalid chunk size line {:?}", String::from_utf8_lossy(&line[..line.len().min(32)])));
+    }
+    let digits = std::str::from_utf8(&line[..end]).map_err(|e| e.to_string())?;
+    u64::from_str_radix(digits, 16).map_err(|e| e.to_string())
+}
+
+impl<R: Release> Body for ResponseBody<R> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match this.step() {
+                Ok(Step::Frame(frame)) => {
+                    if matches!(this.framing, Framing::Length(0) | Framing::Done) {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(why) => return Poll::Ready(Some(Err(this.fail(format!("invalid response body: {why}"))))),
+            }
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if this.framing == Framing::Eof => {
+                    // Read until close: the close is the end. The connection is spent.
+                    this.home = None;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return Poll::Ready(Some(Err(this.fail("the backend closed the connection mid-body".into()))));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(this.fail(format!("reading the response body: {e}"))))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done || self.framing == Framing::Length(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl<R: Release> ResponseBody<R> {
+    /// Ends the body with an error; the connection is closed.
+    fn fail(&mut self, why: String) -> BoxError {
+        self.conn = None;
+        self.home = None;
+        self.framing = Framing::Done;
+        io::Error::new(io::ErrorKind::InvalidData, why).into()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,293 @@
+//! The client codec against raw sockets: framing both ways, reuse, and malformed answers.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, StreamBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::proxy::body;
+
+/// Collects the connections a body hands back.
+#[derive(Default)]
+struct Home(Mutex<Vec<Conn>>);
+
+impl Release for Home {
+    fn release(&self, conn: Conn) {
+        self.0.lock().unwrap().push(conn);
+    }
+}
+
+impl Home {
+    fn take(&self) -> Option<Conn> {
+        self.0.lock().unwrap().pop()
+    }
+}
+
+async fn pair() -> (Conn, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    (Conn::new(client), server)
+}
+
+/// Reads one request, head and body (by Content-Length or chunked), and returns it raw.
+async fn read_request(s: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "request head cut short: {raw:?}");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw.clone()).unwrap().to_ascii_lowercase();
+    if let Some(n) = head.lines().find_map(|l| l.strip_prefix("content-length: ")) {
+        let mut body = vec![0u8; n.trim().parse().unwrap()];
+        s.read_exact(&mut body).await.unwrap();
+        raw.extend(body);
+    } else if head.contains("transfer-encoding: chunked") {
+        while !raw.ends_with(b"\r\n0\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).await.unwrap(), 1);
+            raw.push(byte[0]);
+        }
+    }
+    String::from_utf8(raw).unwrap()
+}
+
+fn get(path: &str) -> Request<ProxyBody> {
+    Request::get(path).header("host", "backend").body(body::empty()).unwrap()
+}
+
+async fn collect(resp: Response<ProxyBody>) -> (Bytes, Option<HeaderMap>) {
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (collected.to_bytes(), trailers)
+}
+
+fn failure_text(f: Failure) -> String {
+    match f {
+        Failure::NotSent(e) => format!("not sent: {e}"),
+        Failure::Exchange(why) => why,
+    }
+}
+
+#[tokio::test]
+async fn a_length_framed_response_is_read_whole_and_the_connection_carries_the_next() {
+    let (conn, mut server) = pair().await;
+    let home = Arc::new(Home::default());
+    let backend = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for body in ["hello", "world!"] {
+            seen.push(read_request(&mut server).await);
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Custom: a b\r\n\r\n{body}", body.len());
+            server.write_all(resp.as_bytes()).await.unwrap();
+        }
+        seen
+    });
+    let resp = send(conn, get("/first?q=1"), home.clone()).await.map_err(failure_text).unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-custom"], "a b");
+    assert_eq!(resp.body().size_hint().exact(), Some(5));
+    assert_eq!(collect(resp).await.0, "hello");
+    let conn = home.take().expect("the connection came home after its body ended");
+    assert!(conn.is_usable());
+    let resp = send(conn, get("/second"), home.clone()).await.map_err(failure_text).unwrap();
+    assert_eq!(collect(resp).await.0, "world!");
+    assert!(home.take().is_some());
+    let seen = backend.await.unwrap();
+    assert!(seen[0].starts_with("GET /first?q=1 HTTP/1.1\r\n"), "{}", seen[0]);
+    assert!(seen[0].contains("host: backend\r\n"));
+    assert!(
+        !seen[0].to_ascii_lowercase().contains("content-length"),
+        "a GET without a body has no length: {}",
+        seen[0]
+    );
+    assert!(seen[1].starts_with("GET /second HTTP/1.1\r\n"));
+}
+
+#[tokio::test]
+async fn a_chunked_response_arriving_byte_by_byte_gives_its_data_and_trailers() {
+    let (conn, mut server) = pair().await;
+    let home = Arc::new(Home::default());
+    tokio::spawn(async move {
+        read_request(&mut server).await;
+        let resp = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    5;name=value\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Checksum: 42\r\n\r\n";
+        for b in resp.as_bytes() {
+            server.write_all(&[*b]).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        // Keep the socket open: the connection must come home without an EOF.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let resp = send(conn, get("/"), home.clone()).await.map_err(failure_text).unwrap();
+    assert_eq!(resp.body().size_hint().exact(), None);
+    let (data, trailers) = collect(resp).await;
+    assert_eq!(data, "helloabcdefghijklmnopqrstuvwxyz");
+    assert_eq!(trailers.expect("trailers")["x-checksum"], "42");
+    assert!(home.take().is_some(), "a fully read chunked body returns the connection");
+}
+
+#[tokio::test]
+async fn a_body_delimited_by_close_is_read_to_the_end_and_the_connection_is_not_reused() {
+    let (conn, mut server) = pair().await;
+    let home = Arc::new(Home::default());
+    tokio::spawn(async move {
+        read_request(&mut server).await;
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\nsome ").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        server.write_all(b"bytes").await.unwrap();
+    });
+    let resp = send(conn, get("/"), home.clone()).await.map_err(failure_text).unwrap();
+    assert_eq!(collect(resp).await.0, "some bytes");
+    assert!(home.take().is_none());
+}
+
+#[tokio::test]
+async fn head_204_304_carry_no_body_and_interim_answers_are_skipped() {
+    let (conn, mut server) = pair().await;
+    let home = Arc::new(Home::default());
+    tokio::spawn(async move {
+        let answers: [&[u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        ];
+        for a in answers {
+            read_request(&mut server).await;
+            server.write_all(a).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let head = Request::head("/").header("host", "b").body(body::empty()).unwrap();
+    let mut conn = conn;
+    let mut statuses = Vec::new();
+    for req in [head, get("/204"), get("/304"), get("/continue")] {
+        let resp = send(conn, req, home.clone()).await.map_err(failure_text).unwrap();
+        statuses.push(resp.status().as_u16());
+        let is_last = resp.status() == 201;
+        let (data, _) = collect(resp).await;
+        assert_eq!(data, if is_last { "ok" } else { "" });
+        conn = home.take().expect("every answer here leaves the connection reusable");
+    }
+    assert_eq!(statuses, [200, 204, 304, 201]);
+}
+
+#[tokio::test]
+async fn request_bodies_go_out_with_a_length_when_known_and_chunked_when_not() {
+    let (conn, mut server) = pair().await;
+    let home = Arc::new(Home::default());
+    let backend = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(read_request(&mut server).await);
+            server.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+        }
+        seen
+    });
+    // A known length; an inbound Content-Length header is never copied (the body decides).
+    let post = Request::post("/pay")
+        .header("host", "b")
+        .header("content-length", "999")
+        .body(body::full(r#"{"a":1}"#))
+        .unwrap();
+    let resp = send(conn, post, home.clone()).await.map_err(failure_text).unwrap();
+    collect(resp).await;
+    // An unknown length: chunked, one chunk per frame; a big frame goes out on its own.
+    let big = "x".repeat(INLINE_BODY + 10);
+    let frames = vec![Ok::<_, BoxError>(Frame::data(Bytes::from("abc"))), Ok(Frame::data(Bytes::from(big.clone())))];
+    let streamed =
+        Request::post("/stream").header("host", "b").body(body::boxed(StreamBody::new(stream::iter(frames)))).unwrap();
+    let resp = send(home.take().unwrap(), streamed, home.clone()).await.map_err(failure_text).unwrap();
+    collect(resp).await;
+    // An empty POST still says its length (some backends answer 411 otherwise).
+    let empty = Request::post("/empty").header("host", "b").body(body::empty()).unwrap();
+    let resp = send(home.take().unwrap(), empty, home.clone()).await.map_err(failure_text).unwrap();
+    collect(resp).await;
+
+    let seen = backend.await.unwrap();
+    assert_eq!(seen[0], "POST /pay HTTP/1.1\r\nhost: b\r\ncontent-length: 7\r\n\r\n{\"a\":1}");
+    let chunked = format!(
+        "POST /stream HTTP/1.1\r\nhost: b\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
+    );
+    assert_eq!(seen[1], chunked);
+    assert_eq!(seen[2], "POST /empty HTTP/1.1\r\nhost: b\r\ncontent-length: 0\r\n\r\n");
+}
+
+/// Sends one GET to a backend that answers `answer` (then closes when `close`), and returns
+/// what came of it: the exchange's failure, or the body's error, or the body.
+async fn outcome(answer: &'static [u8], close: bool) -> (Result<Result<Bytes, String>, String>, bool) {
+    let (conn, mut server) = pair().await;
+    let home = Arc::new(Home::default());
+    tokio::spawn(async move {
+        read_request(&mut server).await;
+        server.write_all(answer).await.unwrap();
+        if !close {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let result = match send(conn, get("/"), home.clone()).await {
+        Err(f) => Err(failure_text(f)),
+        Ok(resp) => Ok(resp.into_body().collect().await.map(|c| c.to_bytes()).map_err(|e| e.to_string())),
+    };
+    (result, home.take().is_some())
+}
+
+#[tokio::test]
+async fn malformed_or_cut_answers_fail_and_retire_the_connection() {
+    let (r, home) = outcome(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", false).await;
+    assert!(r.unwrap_err().contains("disagree"));
+    assert!(!home);
+    let (r, _) = outcome(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false).await;
+    assert!(r.unwrap_err().contains("not a length"));
+    let (r, _) = outcome(b"HTTP/1.1 2000 Weird\r\n\r\n", false).await;
+    assert!(r.unwrap_err().contains("invalid response"));
+    let (r, home) = outcome(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false).await;
+    assert!(r.unwrap().unwrap_err().contains("chunk size"));
+    assert!(!home);
+    let (r, home) = outcome(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", true).await;
+    assert!(r.unwrap().unwrap_err().contains("mid-body"));
+    assert!(!home);
+    let (r, _) = outcome(b"", true).await;
+    assert!(r.unwrap_err().contains("before a response"));
+    let (r, _) = outcome(b"HTTP/1.1 200 OK\r\nConte", true).await;
+    assert!(r.unwrap_err().contains("middle of the response head"));
+    // Announced close: read whole, then not reused.
+    let (r, home) = outcome(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", false).await;
+    assert_eq!(r.unwrap().unwrap(), "ok");
+    assert!(!home);
+    // HTTP/1.0 answers are not reused either.
+    let (r, home) = outcome(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
+    assert_eq!(r.unwrap().unwrap(), "ok");
+    assert!(!home);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_unusable_once_the_backend_closed_it_or_spoke_unasked() {
+    let (conn, server) = pair().await;
+    assert!(conn.is_usable());
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!conn.is_usable(), "closed by the backend");
+
+    let (conn, mut server) = pair().await;
+    server.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!conn.is_usable(), "the backend sent something nobody asked for");
+}
+
+#[test]
+fn chunk_size_lines() {
+    assert_eq!(parse_chunk_size(b"1f"), Ok(31));
+    assert_eq!(parse_chunk_size(b"A;ext=\"x\""), Ok(10));
+    assert_eq!(parse_chunk_size(b"0"), Ok(0));
+    assert!(parse_chunk_size(b"").is_err());
+    assert!(parse_chunk_size(b"-1").is_err());
+    assert!(parse_chunk_size(b"1x").is_err());
+    assert!(parse_chunk_size(b"1000000000000000").is_err(), "more than 15 hex digits");
+}
