@@ -75,12 +75,24 @@ impl Conn {
     }
 
     /// True when the connection can carry a request: the peer has not closed it, reset it or
-    /// sent anything unasked (an idle backend may announce a timeout, then close). Asks the
-    /// kernel (a non-blocking peek), not the runtime's cached readiness, so a close that arrived
-    /// while this thread was busy is seen.
-    pub fn is_usable(&self) -> bool {
+    /// sent anything unasked (an idle backend may announce a timeout, then close).
+    ///
+    /// The runtime's readiness is asked first, which costs nothing: it says readable once the
+    /// reactor has seen anything arrive since the last read drained the socket, and then the
+    /// kernel is asked (a non-blocking peek) what it was. With `deep`, the kernel is asked
+    /// anyway: a close that arrived while this thread was busy is seen even before the reactor
+    /// has seen it. The pool asks deep for connections idle long enough that the backend's
+    /// idle timeout may have closed them; one reused within moments of its last answer skips
+    /// the syscall (nginx and HAProxy do not check at all).
+    pub fn is_usable(&self, deep: bool) -> bool {
         if !self.buf.is_empty() {
             return false;
+        }
+        if !deep {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if self.io.poll_read_ready(&mut cx).is_pending() {
+                return true;
+            }
         }
         let mut probe = [MaybeUninit::<u8>::uninit(); 1];
         match socket2::SockRef::from(&self.io).peek(&mut probe) {
@@ -89,24 +101,19 @@ impl Conn {
         }
     }
 
-    /// Reads what the socket has into the buffer; `Ok(0)` is end of stream.
+    /// Reads what the socket has into the buffer; `Ok(0)` is end of stream. Through
+    /// `AsyncRead`, so a short read clears the runtime's readiness and the next read waits for
+    /// the reactor instead of trying a syscall that would say `EAGAIN`.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
             self.buf.reserve(self.next_read);
         }
-        loop {
-            match self.io.try_read_buf(&mut self.buf) {
-                Ok(n) => {
-                    if n > 0 && self.buf.capacity() == self.buf.len() {
-                        // The read filled the buffer: more is probably waiting.
-                        self.next_read = (self.next_read * 2).min(MAX_READ);
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(self.io.poll_read_ready(cx))?,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+        if n > 0 && self.buf.capacity() == self.buf.len() {
+            // The read filled the buffer: more is probably waiting.
+            self.next_read = (self.next_read * 2).min(MAX_READ);
         }
+        Poll::Ready(Ok(n))
     }
 
     /// Writes `self.out` whole, adding what was accepted to `written`, then clears it.

@@ -9,8 +9,8 @@
 //! response head, the response body reads the rest as the downstream connection polls it, and
 //! the connection comes back here when the body has been read to the end (HTTP/1.1 carries one
 //! exchange at a time). A body dropped half-read, an error, or `Connection: close` retires it.
-//! Idle connections are taken newest first, after a non-blocking peek that proves the backend
-//! has not closed them, and closed after `idle_timeout` by the cluster controller's sweep
+//! Idle connections are taken newest first, after a check that the backend has not closed them
+//! ([`Conn::is_usable`]), and closed after `idle_timeout` by the cluster controller's sweep
 //! ([`ConnPool::evict_idle`]), off the request path.
 
 use std::net::SocketAddr;
@@ -23,6 +23,11 @@ use tokio::net::TcpStream;
 use super::h1::{self, Conn, Failure};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::workers;
+
+/// A connection idle at least this long is checked with the kernel before reuse, not only
+/// with the reactor: long enough that a busy path never pays the syscall, short against any
+/// backend's keep-alive timeout.
+const PEEK_AFTER: Duration = Duration::from_millis(250);
 
 struct Idle {
     conn: Conn,
@@ -89,7 +94,7 @@ impl ConnPool {
     fn take_idle(&self) -> Option<Conn> {
         let mut list = self.slot().lock().unwrap_or_else(|p| p.into_inner());
         while let Some(idle) = list.pop() {
-            if idle.conn.is_usable() {
+            if idle.conn.is_usable(idle.since.elapsed() >= PEEK_AFTER) {
                 return Some(idle.conn);
             }
         }
@@ -106,7 +111,7 @@ impl ConnPool {
         let now = Instant::now();
         for slot in self.slots.iter() {
             let mut list = slot.lock().unwrap_or_else(|p| p.into_inner());
-            list.retain(|i| now.duration_since(i.since) < self.cfg.idle_timeout && i.conn.is_usable());
+            list.retain(|i| now.duration_since(i.since) < self.cfg.idle_timeout && i.conn.is_usable(true));
         }
     }
 

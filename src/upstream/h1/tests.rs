@@ -93,7 +93,7 @@ async fn a_length_framed_response_is_read_whole_and_the_connection_carries_the_n
     assert_eq!(resp.body().size_hint().exact(), Some(5));
     assert_eq!(collect(resp).await.0, "hello");
     let conn = home.take().expect("the connection came home after its body ended");
-    assert!(conn.is_usable());
+    assert!(conn.is_usable(true));
     let resp = send(conn, get("/second"), home.clone()).await.map_err(failure_text).unwrap();
     assert_eq!(collect(resp).await.0, "world!");
     assert!(home.take().is_some());
@@ -270,15 +270,24 @@ async fn malformed_or_cut_answers_fail_and_retire_the_connection() {
 #[tokio::test]
 async fn an_idle_connection_is_unusable_once_the_backend_closed_it_or_spoke_unasked() {
     let (conn, server) = pair().await;
-    assert!(conn.is_usable());
+    assert!(conn.is_usable(true) && conn.is_usable(false));
     drop(server);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!conn.is_usable(), "closed by the backend");
+    assert!(!conn.is_usable(true), "closed by the backend: the kernel says so");
+    assert!(!conn.is_usable(false), "closed by the backend: the reactor has seen it (this thread slept)");
 
     let (conn, mut server) = pair().await;
     server.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!conn.is_usable(), "the backend sent something nobody asked for");
+    assert!(!conn.is_usable(true), "the backend sent something nobody asked for");
+    assert!(!conn.is_usable(false));
+
+    // Before the reactor has run, only the kernel knows: a deep check sees the close.
+    let (conn, server) = pair().await;
+    assert!(conn.is_usable(false));
+    drop(server);
+    std::thread::park_timeout(Duration::from_millis(50));
+    assert!(!conn.is_usable(true));
 }
 
 #[test]
