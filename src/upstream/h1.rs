@@ -62,8 +62,9 @@ pub trait Release: Send + Sync + 'static {
 /// Why an exchange failed.
 #[derive(Debug)]
 pub enum Failure {
-    /// Not one byte of the request was written: it may go out elsewhere.
-    NotSent(io::Error),
+    /// Not one byte of the request was written: it may go out elsewhere. The request comes
+    /// back whole when it can (body frames already taken are put back in front).
+    NotSent(io::Error, Option<Box<Request<ProxyBody>>>),
     /// The exchange failed after the request (or part of it) was written: it may have reached
     /// the backend.
     Exchange(String),
@@ -77,22 +78,15 @@ impl Conn {
     /// True when the connection can carry a request: the peer has not closed it, reset it or
     /// sent anything unasked (an idle backend may announce a timeout, then close).
     ///
-    /// The runtime's readiness is asked first, which costs nothing: it says readable once the
-    /// reactor has seen anything arrive since the last read drained the socket, and then the
-    /// kernel is asked (a non-blocking peek) what it was. With `deep`, the kernel is asked
-    /// anyway: a close that arrived while this thread was busy is seen even before the reactor
-    /// has seen it. The pool asks deep for connections idle long enough that the backend's
-    /// idle timeout may have closed them; one reused within moments of its last answer skips
-    /// the syscall (nginx and HAProxy do not check at all).
-    pub fn is_usable(&self, deep: bool) -> bool {
+    /// Asks the kernel (a non-blocking peek, one syscall), not the runtime's cached readiness:
+    /// a close that arrived while this thread was busy is not yet known to the reactor, and a
+    /// POST written into a connection the backend has closed has an ambiguous outcome. nginx
+    /// and HAProxy skip this check and retry idempotent requests instead; a settlement is not
+    /// one. (Measured: trusting readiness let a POST fail after a SIGKILLed primary, in
+    /// `failover::process::sigkilled_primary_active_checks_only_…`.)
+    pub fn is_usable(&self) -> bool {
         if !self.buf.is_empty() {
             return false;
-        }
-        if !deep {
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            if self.io.poll_read_ready(&mut cx).is_pending() {
-                return true;
-            }
         }
         let mut probe = [MaybeUninit::<u8>::uninit(); 1];
         match socket2::SockRef::from(&self.io).peek(&mut probe) {
@@ -147,19 +141,15 @@ pub async fn send<R: Release>(
     home: Arc<R>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let head_only = req.method() == Method::HEAD;
-    let mut written = 0u64;
-    let fail = |written: u64, e: io::Error| {
-        if written == 0 {
-            Failure::NotSent(e)
-        } else {
-            Failure::Exchange(e.to_string())
-        }
-    };
     let (parts, mut body) = req.into_parts();
     let framing = encode_head(&mut conn.out, &parts, &body);
-    drop(parts);
+    // Kept until the first byte is out, so a request that never left can be handed back.
+    let mut unsent = Some(Unsent { parts, held: None, whole: true });
+    let mut written = 0u64;
     if body.is_end_stream() {
-        conn.flush_out(&mut written).await.map_err(|e| fail(written, e))?;
+        if let Err(e) = conn.flush_out(&mut written).await {
+            return Err(failed(written, e, unsent, body));
+        }
     } else {
         let mut sent = 0u64;
         let mut trailers = None;
@@ -171,14 +161,20 @@ pub async fn send<R: Release>(
                     if data.is_empty() {
                         continue;
                     }
+                    if let Some(u) = unsent.as_mut() {
+                        u.held = Some(data.clone());
+                    }
                     if framing == ReqBody::Chunked {
                         conn.out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
                     }
                     if conn.out.len() + data.len() <= INLINE_BODY {
                         conn.out.extend_from_slice(&data);
                     } else {
-                        conn.flush_out(&mut written).await.map_err(|e| fail(written, e))?;
-                        conn.write_direct(&data, &mut written).await.map_err(|e| fail(written, e))?;
+                        if let Err(e) = conn.flush_out(&mut written).await {
+                            return Err(failed(written, e, unsent, body));
+                        }
+                        unsent = None;
+                        conn.write_direct(&data, &mut written).await.map_err(|e| Failure::Exchange(e.to_string()))?;
                     }
                     if framing == ReqBody::Chunked {
                         conn.out.extend_from_slice(b"\r\n");
@@ -187,13 +183,19 @@ pub async fn send<R: Release>(
                         break;
                     }
                     // More is coming, maybe not soon: what we have goes out now.
-                    conn.flush_out(&mut written).await.map_err(|e| fail(written, e))?;
+                    if let Err(e) = conn.flush_out(&mut written).await {
+                        return Err(failed(written, e, unsent, body));
+                    }
+                    unsent = None;
                     continue;
                 }
                 Err(frame) => frame,
             };
             if let Ok(t) = frame.into_trailers() {
                 trailers = Some(t);
+                if let Some(u) = unsent.as_mut() {
+                    u.whole = false;
+                }
             }
         }
         match framing {
@@ -209,10 +211,71 @@ pub async fn send<R: Release>(
             }
             ReqBody::Length(_) => {}
         }
-        conn.flush_out(&mut written).await.map_err(|e| fail(written, e))?;
+        if let Err(e) = conn.flush_out(&mut written).await {
+            return Err(failed(written, e, unsent, body));
+        }
     }
-    drop(body);
+    drop((unsent, body));
     read_response(conn, head_only, home).await
+}
+
+/// What a request that has not been written yet needs to be rebuilt.
+struct Unsent {
+    parts: http::request::Parts,
+    /// The body frame taken but not yet written (at most one: each is written before the next
+    /// is taken, except the last).
+    held: Option<Bytes>,
+    /// False once trailers were taken (they cannot be put back).
+    whole: bool,
+}
+
+/// A write failed: before its first byte, the request (when it can be rebuilt) goes back to
+/// the caller; after, the exchange failed with an unknown outcome.
+fn failed(written: u64, e: io::Error, unsent: Option<Unsent>, body: ProxyBody) -> Failure {
+    if written > 0 {
+        return Failure::Exchange(e.to_string());
+    }
+    let back = unsent.filter(|u| u.whole).map(|u| {
+        let body = match u.held {
+            Some(first) => crate::proxy::body::boxed(Prepended { first: Some(first), rest: body }),
+            None => body,
+        };
+        Box::new(Request::from_parts(u.parts, body))
+    });
+    Failure::NotSent(e, back)
+}
+
+/// A body with one data frame put back in front of the rest.
+struct Prepended {
+    first: Option<Bytes>,
+    rest: ProxyBody,
+}
+
+impl Body for Prepended {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.first.take() {
+            Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let extra = self.first.as_ref().map_or(0, |f| f.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + extra);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + extra);
+        }
+        hint
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,11 +24,6 @@ use super::h1::{self, Conn, Failure};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::workers;
 
-/// A connection idle at least this long is checked with the kernel before reuse, not only
-/// with the reactor: long enough that a busy path never pays the syscall, short against any
-/// backend's keep-alive timeout.
-const PEEK_AFTER: Duration = Duration::from_millis(250);
-
 struct Idle {
     conn: Conn,
     since: Instant,
@@ -94,7 +89,7 @@ impl ConnPool {
     fn take_idle(&self) -> Option<Conn> {
         let mut list = self.slot().lock().unwrap_or_else(|p| p.into_inner());
         while let Some(idle) = list.pop() {
-            if idle.conn.is_usable(idle.since.elapsed() >= PEEK_AFTER) {
+            if idle.conn.is_usable() {
                 return Some(idle.conn);
             }
         }
@@ -111,7 +106,7 @@ impl ConnPool {
         let now = Instant::now();
         for slot in self.slots.iter() {
             let mut list = slot.lock().unwrap_or_else(|p| p.into_inner());
-            list.retain(|i| now.duration_since(i.since) < self.cfg.idle_timeout && i.conn.is_usable(true));
+            list.retain(|i| now.duration_since(i.since) < self.cfg.idle_timeout && i.conn.is_usable());
         }
     }
 
@@ -130,15 +125,21 @@ impl ConnPool {
     /// Sends `req` (origin-form URI, Host set) on an idle connection or a new one.
     ///
     /// An idle connection the endpoint closed is noticed before anything is written and
-    /// skipped; the request then goes out on the next idle connection or a fresh one, never twice.
-    pub async fn send(self: &Arc<Self>, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
-        let conn = match self.take_idle() {
-            Some(conn) => conn,
-            None => self.connect().await?,
-        };
-        h1::send(conn, req, self.clone()).await.map_err(|f| match f {
-            Failure::NotSent(e) => SendError::NotSent(e.to_string()),
-            Failure::Exchange(why) => SendError::Exchange(why),
-        })
+    /// skipped. If one still fails before the first byte of the request is out (the backend
+    /// reset it in between), the request comes back and goes out on the next idle connection
+    /// or a fresh one: never twice.
+    pub async fn send(self: &Arc<Self>, mut req: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+        loop {
+            let (conn, reused) = match self.take_idle() {
+                Some(conn) => (conn, true),
+                None => (self.connect().await?, false),
+            };
+            match h1::send(conn, req, self.clone()).await {
+                Ok(resp) => return Ok(resp),
+                Err(Failure::NotSent(_, Some(back))) if reused => req = *back,
+                Err(Failure::NotSent(e, _)) => return Err(SendError::NotSent(e.to_string())),
+                Err(Failure::Exchange(why)) => return Err(SendError::Exchange(why)),
+            }
+        }
     }
 }
