@@ -17,11 +17,11 @@ use rand::Rng;
 use super::fault::FaultKind;
 use super::registry::Faults;
 use super::throttle::Throttled;
-use crate::error::{BoxError, ErrorKind, LifelineError};
+use crate::error::{ErrorKind, LifelineError};
 use crate::proxy::body::{self, ProxyBody};
 use crate::proxy::stack::RequestCtx;
 use crate::telemetry::names;
-use crate::upstream::{Cluster, Endpoint};
+use crate::upstream::{Cluster, Endpoint, SendFailure};
 
 /// What the faults decided for one attempt.
 #[derive(Debug, Default, PartialEq)]
@@ -103,7 +103,7 @@ pub async fn send(
     cluster: &Cluster,
     endpoint: &Endpoint,
     req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, BoxError> {
+) -> Result<Response<ProxyBody>, SendFailure> {
     if faults.is_empty() {
         return cluster.send(endpoint, req).await;
     }
@@ -122,10 +122,16 @@ pub async fn send(
     match plan.terminal {
         Some((id, Terminal::Abort(status))) => {
             drop(req);
-            Err(fail(ErrorKind::InjectedFault, &id, &format!("answered {status}")).with_status(status).boxed())
+            Err(fail(ErrorKind::InjectedFault, &id, &format!("answered {status}")).with_status(status).boxed().into())
         }
-        Some((id, Terminal::Reset)) => Err(fail(ErrorKind::UpstreamReset, &id, "connection reset by peer").boxed()),
-        Some((id, Terminal::Refuse)) => Err(fail(ErrorKind::ConnectFailed, &id, "connection refused").boxed()),
+        Some((id, Terminal::Reset)) => {
+            Err(fail(ErrorKind::UpstreamReset, &id, "connection reset by peer").boxed().into())
+        }
+        Some((id, Terminal::Refuse)) => {
+            // Like a real refusal: nothing was sent, so the request comes back.
+            let error = fail(ErrorKind::ConnectFailed, &id, "connection refused").boxed();
+            Err(SendFailure { error, unsent: Some(Box::new(req)) })
+        }
         Some((_, Terminal::Blackhole)) => {
             drop(req);
             std::future::pending().await
@@ -135,7 +141,9 @@ pub async fn send(
             if let Ok(resp) = cluster.send(endpoint, req).await {
                 let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
             }
-            Err(fail(ErrorKind::UpstreamReset, &id, "connection reset by peer after the request was sent").boxed())
+            Err(fail(ErrorKind::UpstreamReset, &id, "connection reset by peer after the request was sent")
+                .boxed()
+                .into())
         }
         None => {
             let resp = cluster.send(endpoint, req).await?;

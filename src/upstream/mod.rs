@@ -29,7 +29,6 @@ pub mod health;
 pub mod operator;
 pub mod outlier;
 mod pool;
-mod reclaim;
 pub mod resolve;
 mod service;
 mod shared;
@@ -182,15 +181,17 @@ impl Cluster {
     }
 
     /// Sends `req` to `endpoint` over one of its pooled connections (HTTP/1.1, origin-form
-    /// request target, `Host` set when the request has none).
+    /// request target, `Host` set when the request has none). When nothing of the request left
+    /// Lifeline (no connection, or one that failed before the first byte), the failure carries
+    /// the request back, so it can go to another endpoint.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, BoxError> {
+    ) -> Result<Response<ProxyBody>, SendFailure> {
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            *req.uri_mut() = Uri::try_from(pq)?;
+            *req.uri_mut() = Uri::try_from(pq).map_err(|e| SendFailure::from(BoxError::from(e)))?;
         } else if req.uri().path().is_empty() {
             *req.uri_mut() = Uri::from_static("/");
         }
@@ -209,14 +210,16 @@ impl Cluster {
                 .with_cluster(&self.config.name)
                 .boxed()
         };
-        match result {
-            Ok(resp) => Ok(resp),
-            Err(pool::SendError::Connect(cause)) => Err(fail(ErrorKind::ConnectFailed, "cannot connect to", cause)),
-            Err(pool::SendError::NotSent(cause)) => {
-                Err(fail(ErrorKind::ConnectFailed, "the connection failed before the request was sent to", cause))
+        result.map_err(|e| match e {
+            pool::SendError::Connect(cause, req) => {
+                SendFailure { error: fail(ErrorKind::ConnectFailed, "cannot connect to", cause), unsent: Some(req) }
             }
-            Err(pool::SendError::Exchange(cause)) => Err(fail(ErrorKind::UpstreamReset, "request failed on", cause)),
-        }
+            pool::SendError::NotSent(cause, req) => SendFailure {
+                error: fail(ErrorKind::ConnectFailed, "the connection failed before the request was sent to", cause),
+                unsent: req,
+            },
+            pool::SendError::Exchange(cause) => fail(ErrorKind::UpstreamReset, "request failed on", cause).into(),
+        })
     }
 
     /// What `GET /clusters` shows for this cluster.
@@ -227,6 +230,20 @@ impl Cluster {
     /// The cluster's decision log.
     pub fn events(&self) -> &EventLog {
         &self.shared.events
+    }
+}
+
+/// A failed send. `unsent` is the request itself when not one byte of it left Lifeline: it may
+/// then go to another endpoint, even a POST (design invariant 7), and a streaming upload need
+/// not have been buffered to allow it.
+pub struct SendFailure {
+    pub error: BoxError,
+    pub unsent: Option<Box<Request<ProxyBody>>>,
+}
+
+impl From<BoxError> for SendFailure {
+    fn from(error: BoxError) -> Self {
+        SendFailure { error, unsent: None }
     }
 }
 

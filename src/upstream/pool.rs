@@ -40,11 +40,11 @@ pub struct PoolConfig {
 /// Why an exchange failed.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be opened: nothing was sent.
-    Connect(String),
+    /// No connection could be opened: nothing was sent, and the request comes back.
+    Connect(String, Box<Request<ProxyBody>>),
     /// A connection failed before one byte of the request was written (e.g. reset right after
-    /// the handshake): nothing was sent either.
-    NotSent(String),
+    /// the handshake): nothing was sent either; the request comes back when it could be rebuilt.
+    NotSent(String, Option<Box<Request<ProxyBody>>>),
     /// The connection failed during the exchange (the request may have reached the endpoint).
     Exchange(String),
 }
@@ -110,15 +110,15 @@ impl ConnPool {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, SendError> {
+    async fn connect(&self) -> Result<Conn, String> {
         let open = async {
-            let stream = TcpStream::connect(self.addr).await.map_err(|e| SendError::Connect(e.to_string()))?;
+            let stream = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
             let _ = stream.set_nodelay(true);
             Ok(Conn::new(stream))
         };
         match tokio::time::timeout(self.cfg.connect_timeout, open).await {
             Ok(r) => r,
-            Err(_) => Err(SendError::Connect(format!("connect timed out after {:?}", self.cfg.connect_timeout))),
+            Err(_) => Err(format!("connect timed out after {:?}", self.cfg.connect_timeout)),
         }
     }
 
@@ -132,12 +132,15 @@ impl ConnPool {
         loop {
             let (conn, reused) = match self.take_idle() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                None => match self.connect().await {
+                    Ok(conn) => (conn, false),
+                    Err(why) => return Err(SendError::Connect(why, Box::new(req))),
+                },
             };
             match h1::send(conn, req, self.clone()).await {
                 Ok(resp) => return Ok(resp),
                 Err(Failure::NotSent(_, Some(back))) if reused => req = *back,
-                Err(Failure::NotSent(e, _)) => return Err(SendError::NotSent(e.to_string())),
+                Err(Failure::NotSent(e, back)) => return Err(SendError::NotSent(e.to_string(), back)),
                 Err(Failure::Exchange(why)) => return Err(SendError::Exchange(why)),
             }
         }

@@ -1,8 +1,8 @@
 //! The innermost service of every route: pick an endpoint, send, count the outcome.
 //!
 //! A connect failure means nothing left Lifeline, so the request is re-picked at once on
-//! another endpoint of the cluster (even a POST; its body comes back through [`reclaim`]),
-//! up to once per endpoint. That costs no retry budget: the retry layer above never sees it.
+//! another endpoint of the cluster (even a POST: the failed send hands the request back, see
+//! [`super::SendFailure`]), up to once per endpoint. That costs no retry budget: the retry layer above never sees it.
 //! Every endpoint tried is appended to the request's [`TriedEndpoints`] (shared with the retry
 //! layer), and the balancer avoids those when it can, so a retry lands somewhere new.
 
@@ -14,8 +14,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::Service;
 
-use super::reclaim;
-use super::Cluster;
+use super::{Cluster, SendFailure};
 use crate::chaos::Faults;
 use crate::classify::{classify_error, Classifier};
 use crate::error::{BoxError, ErrorKind, LifelineError};
@@ -85,34 +84,25 @@ async fn dispatch(
             }
         }
         let more_endpoints = cluster.shared.endpoints.load().len() > here.len();
-        let (attempt, reclaim) = if more_endpoints {
-            let (a, r) = reclaim::split(req);
-            (a, Some(r))
-        } else {
-            (req, None)
-        };
-        let result = crate::chaos::inject::send(&faults, &cluster, &endpoint, attempt).await;
+        let result = crate::chaos::inject::send(&faults, &cluster, &endpoint, req).await;
         let outcome = match &result {
             Ok(resp) => classifier.status(resp.status()),
-            Err(e) => classify_error(e),
+            Err(f) => classify_error(&f.error),
         };
         endpoint.record(outcome);
         match result {
-            Err(e) if LifelineError::kind_of(&e) == ErrorKind::ConnectFailed => {
-                match reclaim.and_then(reclaim::Reclaim::take) {
-                    Some(back) => {
-                        tracing::debug!(cluster = cluster.name(), endpoint = %endpoint.key, "connect failed; re-picking");
-                        req = back;
-                    }
-                    None => return Err(e),
-                }
-            }
             Ok(mut resp) => {
                 // Classified once, here; breaker and retry read the verdict from the response.
                 resp.extensions_mut().insert(outcome);
                 return Ok(resp);
             }
-            other => return other,
+            Err(SendFailure { error, unsent: Some(back) })
+                if more_endpoints && LifelineError::kind_of(&error) == ErrorKind::ConnectFailed =>
+            {
+                tracing::debug!(cluster = cluster.name(), endpoint = %endpoint.key, "connect failed; re-picking");
+                req = *back;
+            }
+            Err(f) => return Err(f.error),
         }
     }
 }
