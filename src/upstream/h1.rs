@@ -409,11 +409,19 @@ fn attach_body<R: Release>(
     head_only: bool,
     home: Arc<R>,
 ) -> Result<Response<ProxyBody>, Failure> {
-    let (parts, ()) = resp.into_parts();
+    let (mut parts, ()) = resp.into_parts();
     let framing = response_framing(&parts, head_only)
         .map_err(|why| Failure::Exchange(format!("invalid response from the backend: {why}")))?;
+    // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): a message with both is how
+    // response splitting is attempted. The length is dropped before it can reach the caller
+    // and the connection is not reused.
+    let smuggled = parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH);
+    if smuggled && !head_only {
+        parts.headers.remove(CONTENT_LENGTH);
+    }
     let keep = matches!(framing, Framing::Length(_) | Framing::Chunked(_))
         && parts.version == Version::HTTP_11
+        && !smuggled
         && !closes(&parts.headers);
     let mut body = ResponseBody { conn: Some(conn), framing, home: keep.then_some(home) };
     if body.framing == Framing::Length(0) {

@@ -261,6 +261,20 @@ async fn malformed_or_cut_answers_fail_and_retire_the_connection() {
     let (r, home) = outcome(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", false).await;
     assert_eq!(r.unwrap().unwrap(), "ok");
     assert!(!home);
+    // Both Transfer-Encoding and Content-Length: the chunks frame it, the length is dropped
+    // (it would mislead whoever frames the answer next), and the connection is spent.
+    let (conn, mut server) = pair().await;
+    let home_both = Arc::new(Home::default());
+    tokio::spawn(async move {
+        read_request(&mut server).await;
+        let both = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        server.write_all(both).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let resp = send(conn, get("/"), home_both.clone()).await.map_err(failure_text).unwrap();
+    assert!(resp.headers().get("content-length").is_none());
+    assert_eq!(collect(resp).await.0, "hello");
+    assert!(home_both.take().is_none());
     // HTTP/1.0 answers are not reused either.
     let (r, home) = outcome(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
     assert_eq!(r.unwrap().unwrap(), "ok");
