@@ -116,7 +116,7 @@ async fn pool_passes_responses_larger_than_its_read_size_whole() {
     let up = RawUpstream::start(Behaviour::Big).await;
     let sc = Sidecar::start(&yaml(up.addr, "")).await;
     let client = http1();
-    for i in 0..3 {
+    for i in 0..6 {
         let req = Request::get(sc.url(&format!("/big/{i}"))).body(Full::new(Bytes::new())).unwrap();
         let got = send(&client, req).await;
         assert_eq!(got.status.as_u16(), 200);
@@ -124,7 +124,10 @@ async fn pool_passes_responses_larger_than_its_read_size_whole() {
         assert_eq!(got.body.len(), BIG_BODY);
         assert!(got.body.iter().all(|b| *b == b'b'));
     }
-    assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "one upstream connection for all three");
+    // Reused: at most one upstream connection per worker (the test client may open a second
+    // connection to the sidecar, which can land on the other worker; seen once in CI).
+    let opened = up.accepted.load(Ordering::SeqCst);
+    assert!(opened <= sc.app.worker_count(), "6 big answers opened {opened} upstream connections");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
