@@ -10,7 +10,7 @@
 //! client -> proxy::Proxy::handle   request id, header/body limits, route match,
 //!                                  respond (errors -> JSON), access log, metrics
 //!        -> grace                  settlement routes only: backend unavailable -> journal -> 202
-//!        -> proxy::stack           the per-route tower stack:
+//!        -> proxy::stack           the route's path, one future per request:
 //!             deadline             overall budget (route timeout or the caller's, if shorter)
 //!             retry                budgeted; idempotent, Idempotency-Key or never-sent only
 //!             breaker              reads the gate; open -> 503 circuit_open, nothing sent
@@ -18,7 +18,8 @@
 //!             attempt              per-try timeout; remaining budget passed upstream
 //!             cluster              endpoint choice from the published failover plan
 //!                                  (priority shares, P2C/round-robin), connect failures
-//!                                  re-picked at once, pooled hyper client
+//!                                  re-picked at once, pooled HTTP/1.1 client
+//!                                  of our own (upstream::h1)
 //! ```
 //!
 //! Off the path, owned by [`app::App`]: the grace journal writers and forwarders, the config

@@ -21,8 +21,6 @@ fn resolver() -> Arc<dyn crate::upstream::resolve::Resolve> {
 /// One route, ready to serve.
 pub struct RouteEntry {
     pub config: RouteConfig,
-    pub route_label: Arc<str>,
-    pub cluster_label: Arc<str>,
     pub service: HttpService,
     pub metrics: RouteMetrics,
 }
@@ -101,8 +99,6 @@ impl Runtime {
                 .ok_or_else(|| format!("route {} names unknown cluster {}", rc.name, rc.cluster))?;
             routes.push(RouteEntry {
                 config: rc.clone(),
-                route_label: Arc::from(rc.name.as_str()),
-                cluster_label: Arc::from(rc.cluster.as_str()),
                 service: crate::grace::wrap(
                     rc,
                     stack::build(rc, cluster, resilience.for_route(rc, &config), &faults),

@@ -19,7 +19,6 @@ use super::registry::Faults;
 use super::throttle::Throttled;
 use crate::error::{ErrorKind, LifelineError};
 use crate::proxy::body::{self, ProxyBody};
-use crate::proxy::stack::RequestCtx;
 use crate::telemetry::names;
 use crate::upstream::{Cluster, Endpoint, SendFailure};
 
@@ -101,14 +100,14 @@ fn rand_distr_normal(rng: &mut impl Rng) -> f64 {
 pub async fn send(
     faults: &Faults,
     cluster: &Cluster,
+    route: Option<&str>,
     endpoint: &Endpoint,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, SendFailure> {
     if faults.is_empty() {
         return cluster.send(endpoint, req).await;
     }
-    let route = req.extensions().get::<RequestCtx>().map(|c| c.route.clone());
-    let plan = faults.plan(cluster.name(), route.as_deref(), &endpoint.config.address);
+    let plan = faults.plan(cluster.name(), route, &endpoint.config.address);
     if !plan.delay.is_zero() {
         tokio::time::sleep(plan.delay).await;
     }

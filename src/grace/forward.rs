@@ -18,7 +18,6 @@ use super::request::open_payload;
 use super::store::{Item, State};
 use crate::error::{ErrorKind, LifelineError};
 use crate::proxy::body::{empty, full};
-use crate::proxy::stack::RequestCtx;
 use crate::telemetry::names;
 
 /// What one forward says about the backend.
@@ -167,16 +166,9 @@ fn call(
         // ISO 20022 PssblDplct / jPOS retransmission flag: the backend may have seen it before.
         h.insert("x-lifeline-possible-duplicate", HeaderValue::from_static("true"));
     }
-    let request_id = crate::proxy::headers::new_request_id();
-    h.insert(crate::proxy::headers::X_REQUEST_ID.clone(), request_id.clone());
+    h.insert(crate::proxy::headers::X_REQUEST_ID.clone(), crate::proxy::headers::new_request_id());
     // A forward that may have reached the backend is resolved by query, not resent by retry.
     req.extensions_mut().insert(crate::proxy::stack::ResendOnlyIfNotSent);
-    req.extensions_mut().insert(RequestCtx {
-        request_id,
-        route: target.route.clone(),
-        cluster: target.cluster.clone(),
-        received: std::time::Instant::now(),
-    });
     let fut = super::layer::call(target.service.clone(), req);
     Box::pin(async move {
         match fut.await {

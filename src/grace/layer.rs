@@ -13,14 +13,10 @@
 //!    `unknown`, so the forwarder asks the backend before any resend. Any answer from the
 //!    backend (even a 5xx) is passed through: it was not "unavailable".
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use tower::{Service, ServiceExt};
 
 use super::engine::Engine;
 use super::receipt;
@@ -45,27 +41,17 @@ impl GraceService {
     }
 }
 
-type Fut = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+type Fut = crate::resilience::BoxFuture;
 
-impl Service<Request<ProxyBody>> for GraceService {
-    type Response = Response<ProxyBody>;
-    type Error = BoxError;
-    type Future = Fut;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // The inner service is driven with `oneshot`, which waits for its readiness itself.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<ProxyBody>) -> Fut {
-        Box::pin(handle(self.engine.clone(), self.inner.clone(), self.route.clone(), req))
+impl crate::proxy::stack::Route for GraceService {
+    fn call(self: Arc<Self>, req: Request<ProxyBody>) -> Fut {
+        handle(self.engine.clone(), self.inner.clone(), self.route.clone(), req)
     }
 }
 
-/// Drives the inner stack. A named function with an erased future type sidesteps the
-/// higher-ranked lifetime inference that trips over `dyn Error` inside `async` blocks.
+/// Drives the inner path.
 pub(crate) fn call(svc: HttpService, req: Request<ProxyBody>) -> Fut {
-    Box::pin(svc.oneshot(req))
+    svc.call(req)
 }
 
 /// Why a request ends up in the journal.

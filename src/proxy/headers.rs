@@ -93,10 +93,10 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
     };
     let peer = &buf[..len];
     let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prev) if !prev.trim_ascii().is_empty() => HeaderValue::from_bytes(&[prev, b", ", peer].concat()),
-        _ => HeaderValue::from_bytes(peer),
+        Some(prev) if !prev.trim_ascii().is_empty() => HeaderValue::from_bytes(&[prev, b", ", peer].concat()).ok(),
+        _ => shared_value(peer),
     };
-    if let Ok(v) = value {
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -157,7 +157,36 @@ pub fn new_request_id() -> HeaderValue {
         *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
         nibble += 1;
     }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    shared_value(&out).unwrap_or_else(|| HeaderValue::from_static("unknown"))
+}
+
+/// A header value of at most [`Inline::CAP`] bytes (longer ones are copied as usual), in one
+/// allocation that its clones share. `HeaderValue::from_bytes` makes a buffer whose first clone
+/// allocates again to share it, and the request id and `X-Forwarded-For` values are cloned
+/// (into the response, and for a possible retry).
+pub fn shared_value(b: &[u8]) -> Option<HeaderValue> {
+    if b.len() > Inline::CAP {
+        return HeaderValue::from_bytes(b).ok();
+    }
+    let mut inline = Inline { len: b.len() as u8, buf: [0; Inline::CAP] };
+    inline.buf[..b.len()].copy_from_slice(b);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(inline)).ok()
+}
+
+/// A short value kept inline in its shared owner.
+struct Inline {
+    len: u8,
+    buf: [u8; Inline::CAP],
+}
+
+impl Inline {
+    const CAP: usize = 64;
+}
+
+impl AsRef<[u8]> for Inline {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
 }
 
 /// Bytes the request line and headers take, as a client would have sent them (HTTP/1.1 form).
@@ -168,6 +197,18 @@ pub fn header_bytes(uri_len: usize, headers: &HeaderMap) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_values_hold_their_bytes_and_refuse_what_a_header_cannot_carry() {
+        let v = shared_value(b"10.1.2.3").unwrap();
+        assert_eq!(v, "10.1.2.3");
+        assert_eq!(v.clone(), v);
+        assert_eq!(shared_value(b"").unwrap(), "");
+        let long = "a".repeat(Inline::CAP + 10);
+        assert_eq!(shared_value(long.as_bytes()).unwrap(), long.as_str());
+        assert!(shared_value(b"bad\nvalue").is_none(), "a newline is refused, as from_bytes does");
+        assert!(shared_value(&[b'a'; 80][..70]).is_some());
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {

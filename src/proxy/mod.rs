@@ -27,7 +27,6 @@ use crate::error::{ErrorKind, LifelineError};
 use crate::runtime::{RouteEntry, Runtime};
 use crate::telemetry::{names, redact::mask};
 use body::ProxyBody;
-use stack::RequestCtx;
 
 /// State the proxy shares with the app: the runtime snapshot and the drain flag.
 pub struct Proxy {
@@ -64,7 +63,7 @@ impl Proxy {
         let mut resp = match (receipt_id, check_request(&rt, &parts, route)) {
             (Some(id), _) => crate::grace::receipt::serve(&rt.grace, id).await,
             (None, Err(err)) => respond::lifeline_error_response(&err, &request_id),
-            (None, Ok(route)) => forward(route, parts, body, peer, &request_id, received).await,
+            (None, Ok(route)) => forward(route, parts, body, peer, &request_id).await,
         };
         resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id.clone());
         if self.draining.load(Ordering::Relaxed) && version <= http::Version::HTTP_11 {
@@ -162,26 +161,25 @@ async fn forward(
     body: Incoming,
     peer: SocketAddr,
     request_id: &HeaderValue,
-    received: Instant,
 ) -> Response<ProxyBody> {
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let limited = body::Limited::new(body, route.config.max_body, exceeded.clone());
+    // No body (most GETs): an empty body is a zero-sized box, and nothing can exceed the limit,
+    // so neither allocates.
+    let (body, exceeded) = if http_body::Body::is_end_stream(&body) {
+        (body::empty(), None)
+    } else {
+        let exceeded = Arc::new(AtomicBool::new(false));
+        (body::boxed(body::Limited::new(body, route.config.max_body, exceeded.clone())), Some(exceeded))
+    };
     prepare_upstream(&mut parts, peer, request_id);
-    parts.extensions.insert(RequestCtx {
-        request_id: request_id.clone(),
-        route: route.route_label.clone(),
-        cluster: route.cluster_label.clone(),
-        received,
-    });
-    let req = Request::from_parts(parts, body::boxed(limited));
-    match call_route(route.service.clone(), req).await {
+    let req = Request::from_parts(parts, body);
+    match route.service.call(req).await {
         Ok(mut resp) => {
             headers::strip_hop_by_hop(resp.headers_mut());
             route.metrics.count_status(resp.status());
             resp
         }
         Err(err) => {
-            let err = if exceeded.load(Ordering::Relaxed) {
+            let err = if exceeded.is_some_and(|e| e.load(Ordering::Relaxed)) {
                 let msg = format!("request body is larger than {} bytes", route.config.max_body);
                 LifelineError::new(ErrorKind::BodyTooLarge, msg).boxed()
             } else {
@@ -191,15 +189,6 @@ async fn forward(
             respond::error_response(&err, request_id)
         }
     }
-}
-
-/// Runs a route's stack. A named function with an erased future type sidesteps the
-/// higher-ranked lifetime inference that trips over `dyn Error` inside `async fn` bodies.
-fn call_route(
-    svc: stack::HttpService,
-    req: Request<ProxyBody>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, crate::error::BoxError>> + Send>> {
-    Box::pin(tower::ServiceExt::oneshot(svc, req))
 }
 
 /// Header rewriting for the upstream request.

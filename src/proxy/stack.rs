@@ -14,42 +14,98 @@
 //! ```
 //! Resilience layers are present only when the route's (or its cluster's) config has the block;
 //! the deadline and attempt layers are always there.
-//! Each layer is a tower `Layer`; the result is boxed once per route so the handler calls one
-//! `HttpService` regardless of which layers a route enables.
+//! Each step is an `async fn` that awaits the next ([`RoutePath`]), so the whole path of a
+//! request is one future, boxed once; the handler calls one [`HttpService`] whatever steps a
+//! route enables. (Until session 6 each step was a tower `Layer` with a boxed future of its
+//! own: about a dozen allocations per request, measured in BENCHMARKS.md.)
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
-use tower::util::BoxCloneSyncService;
-use tower::ServiceBuilder;
+use http::{Request, Response};
+use smallvec::SmallVec;
 
 use super::body::ProxyBody;
 use crate::chaos::Faults;
 use crate::config::RouteConfig;
 use crate::error::BoxError;
-use crate::resilience::deadline::{AttemptLayer, DeadlineLayer};
+use crate::resilience::breaker::layer::BreakerStep;
+use crate::resilience::deadline::{self, Deadline};
+use crate::resilience::limit::Limiter;
 use crate::resilience::registry::RoutePolicies;
+use crate::resilience::retry::RetryPolicy;
+use crate::resilience::BoxFuture;
 use crate::upstream::Cluster;
 pub use crate::upstream::ClusterService;
 
-/// The service every route resolves to.
-pub type HttpService = BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, BoxError>;
-
-/// What every layer may want to know about the request, carried in its extensions.
-#[derive(Debug, Clone)]
-pub struct RequestCtx {
-    pub request_id: HeaderValue,
-    pub route: Arc<str>,
-    pub cluster: Arc<str>,
-    pub received: Instant,
+/// What a route resolves to: its whole path as one boxed future per request.
+pub trait Route: Send + Sync + 'static {
+    fn call(self: Arc<Self>, req: Request<ProxyBody>) -> BoxFuture;
 }
 
-/// Endpoints already tried by earlier attempts of the same request. The retry layer inserts one
-/// shared list into every attempt's extensions; the balancer appends the endpoint it picks and
-/// prefers endpoints not yet in the list.
-#[derive(Debug, Clone, Default)]
-pub struct TriedEndpoints(pub Arc<std::sync::Mutex<Vec<Arc<str>>>>);
+/// The service every route resolves to (cheap to clone). It is also a `tower::Service`, so
+/// tower's utilities can drive it.
+#[derive(Clone)]
+pub struct HttpService(Arc<dyn Route>);
+
+impl HttpService {
+    pub fn new(route: impl Route) -> Self {
+        HttpService(Arc::new(route))
+    }
+
+    /// Starts one request down the route's path.
+    pub fn call(&self, req: Request<ProxyBody>) -> BoxFuture {
+        self.0.clone().call(req)
+    }
+}
+
+impl tower::Service<Request<ProxyBody>> for HttpService {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Back-pressure is the bulkhead's job (a bounded queue, then 503), not readiness.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> BoxFuture {
+        HttpService::call(self, req)
+    }
+}
+
+/// Endpoints already tried by earlier attempts of the same request. The route's path keeps one
+/// list per request across its retries; the balancer appends the endpoint it picks and prefers
+/// endpoints not yet in the list, so a retry lands somewhere new.
+#[derive(Debug, Default)]
+pub struct TriedEndpoints(std::sync::Mutex<SmallVec<[Arc<str>; 4]>>);
+
+impl TriedEndpoints {
+    pub fn contains(&self, key: &str) -> bool {
+        self.contains_since(0, key)
+    }
+
+    /// Whether `key` is among the endpoints tried from the `start`-th on.
+    pub fn contains_since(&self, start: usize, key: &str) -> bool {
+        self.0.lock().map(|l| l.iter().skip(start).any(|k| &**k == key)).unwrap_or(false)
+    }
+
+    /// How many endpoints were tried so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push(&self, key: Arc<str>) {
+        if let Ok(mut l) = self.0.lock() {
+            l.push(key);
+        }
+    }
+}
 
 /// Marks a request that may be resent only if it was never sent (a failure classified
 /// `NotSent`), even when it carries an `Idempotency-Key`. The grace forwarder sets it: an
@@ -58,6 +114,68 @@ pub struct TriedEndpoints(pub Arc<std::sync::Mutex<Vec<Arc<str>>>>);
 #[derive(Debug, Clone, Copy)]
 pub struct ResendOnlyIfNotSent;
 
+/// One route's path: each step an `async fn` awaiting the next, so a request's whole path is
+/// one state machine, allocated once ([`Route::call`]).
+pub struct RoutePath {
+    timeout: Duration,
+    per_try: Option<Duration>,
+    cluster: Arc<str>,
+    retry: Option<Arc<RetryPolicy>>,
+    breaker: Option<BreakerStep>,
+    limit: Option<Arc<Limiter>>,
+    target: ClusterService,
+}
+
+impl RoutePath {
+    async fn serve(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, BoxError> {
+        deadline::within(self.timeout, &self.cluster, req, |req, d| self.attempts(req, d)).await
+    }
+
+    async fn attempts(&self, req: Request<ProxyBody>, d: Deadline) -> Result<Response<ProxyBody>, BoxError> {
+        match &self.retry {
+            Some(retry) => {
+                let tried = TriedEndpoints::default();
+                retry.run(req, Some(d.at), |req| self.attempt(req, d, Some(&tried))).await
+            }
+            None => self.attempt(req, d, None).await,
+        }
+    }
+
+    /// One attempt: breaker, then bulkhead, then the per-try timeout around the send. Each
+    /// step gets a closure that makes the next step's future, so a breaker that fails fast or a
+    /// full bulkhead never builds it.
+    async fn attempt(
+        &self,
+        req: Request<ProxyBody>,
+        d: Deadline,
+        tried: Option<&TriedEndpoints>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        match &self.breaker {
+            Some(breaker) => breaker.around(|| self.limited(req, d, tried)).await,
+            None => self.limited(req, d, tried).await,
+        }
+    }
+
+    async fn limited(
+        &self,
+        req: Request<ProxyBody>,
+        d: Deadline,
+        tried: Option<&TriedEndpoints>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let send = |req| deadline::attempt(self.per_try, &self.cluster, d, req, |req| self.target.send(req, tried));
+        match &self.limit {
+            Some(limit) => limit.around(|| send(req)).await,
+            None => send(req).await,
+        }
+    }
+}
+
+impl Route for RoutePath {
+    fn call(self: Arc<Self>, req: Request<ProxyBody>) -> BoxFuture {
+        Box::pin(async move { self.serve(req).await })
+    }
+}
+
 /// Builds the service for one route.
 pub fn build(
     route: &RouteConfig,
@@ -65,12 +183,18 @@ pub fn build(
     policies: RoutePolicies,
     faults: &Arc<Faults>,
 ) -> HttpService {
-    let svc = ServiceBuilder::new()
-        .layer(DeadlineLayer::new(route.timeout, cluster.name()))
-        .option_layer(policies.retry)
-        .option_layer(policies.breaker)
-        .option_layer(policies.limit)
-        .layer(AttemptLayer::new(policies.per_try_timeout, cluster.name()))
-        .service(ClusterService { cluster: cluster.clone(), classifier: policies.classifier, faults: faults.clone() });
-    BoxCloneSyncService::new(svc)
+    HttpService::new(RoutePath {
+        timeout: route.timeout,
+        per_try: policies.per_try_timeout,
+        cluster: cluster.name().into(),
+        retry: policies.retry,
+        breaker: policies.breaker,
+        limit: policies.limit,
+        target: ClusterService {
+            cluster: cluster.clone(),
+            classifier: policies.classifier,
+            faults: faults.clone(),
+            route: Some(route.name.as_str().into()),
+        },
+    })
 }

@@ -1,31 +1,27 @@
 //! Deadlines: one overall budget per request, shared by every attempt, and passed upstream.
 //!
-//! [`DeadlineLayer`] (outermost of the route stack) fixes the request's deadline: the route's
+//! [`within`] (outermost of the route's path) fixes the request's deadline: the route's
 //! timeout, or the caller's `x-lifeline-timeout-ms` / `grpc-timeout` when that is shorter. It
 //! covers retries, backoff and queueing; when it runs out the caller gets `deadline_exceeded`
-//! (504). [`AttemptLayer`] (around each attempt) applies the per-try timeout and tells the
+//! (504). [`attempt`] (around each attempt) applies the per-try timeout and tells the
 //! upstream how long it has left in the same header the caller used, so a chain of services
 //! shares one deadline instead of each hop starting a fresh timeout (research §3.7: Envoy,
 //! Istio and Linkerd users all ask for this).
 
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 use crate::error::{BoxError, ErrorKind, LifelineError};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::headers::X_LIFELINE_TIMEOUT_MS;
-use crate::resilience::call_boxed;
 
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// The request's deadline, in its extensions.
+/// The request's deadline, shared by all of its attempts.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
     pub at: Instant,
@@ -71,177 +67,97 @@ fn incoming_budget(headers: &HeaderMap) -> Result<Option<(Duration, bool)>, Life
     Ok(None)
 }
 
-/// Sets the overall deadline of a request.
-#[derive(Debug, Clone)]
-pub struct DeadlineLayer {
+/// Runs `inner` within the request's overall deadline: the route's `timeout`, or the caller's
+/// own budget when that is shorter. `inner` gets the request and the deadline (shared by every
+/// attempt); when the deadline runs out first, the caller gets `deadline_exceeded`.
+pub async fn within<F, Fut>(
     timeout: Duration,
-    cluster: std::sync::Arc<str>,
-}
-
-impl DeadlineLayer {
-    pub fn new(timeout: Duration, cluster: &str) -> Self {
-        DeadlineLayer { timeout, cluster: cluster.into() }
-    }
-}
-
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = DeadlineService<S>;
-    fn layer(&self, inner: S) -> DeadlineService<S> {
-        DeadlineService { inner, layer: self.clone() }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct DeadlineService<S> {
-    inner: S,
-    layer: DeadlineLayer,
-}
-
-type BoxFut = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
-
-impl<S> Service<Request<ProxyBody>> for DeadlineService<S>
+    cluster: &str,
+    req: Request<ProxyBody>,
+    inner: F,
+) -> Result<Response<ProxyBody>, BoxError>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
-    S::Future: Send + 'static,
+    F: FnOnce(Request<ProxyBody>, Deadline) -> Fut,
+    Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
 {
-    type Response = Response<ProxyBody>;
-    type Error = BoxError;
-    type Future = BoxFut;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<ProxyBody>) -> BoxFut {
-        let cluster = self.layer.cluster.clone();
-        let (budget, grpc, from_caller) = match incoming_budget(req.headers()) {
-            Err(e) => return Box::pin(std::future::ready(Err(e.boxed()))),
-            Ok(Some((d, grpc))) if d < self.layer.timeout => (d, grpc, true),
-            Ok(Some((_, grpc))) => (self.layer.timeout, grpc, false),
-            Ok(None) => (self.layer.timeout, false, false),
-        };
-        let expired = move || {
-            let whose = if from_caller { "the caller's deadline" } else { "the route's timeout" };
-            LifelineError::new(
-                ErrorKind::DeadlineExceeded,
-                format!("{whose} of {budget:?} ran out (cluster {cluster})"),
-            )
-            .with_cluster(&*cluster)
+    let (budget, grpc, from_caller) = match incoming_budget(req.headers()) {
+        Err(e) => return Err(e.boxed()),
+        Ok(Some((d, grpc))) if d < timeout => (d, grpc, true),
+        Ok(Some((_, grpc))) => (timeout, grpc, false),
+        Ok(None) => (timeout, false, false),
+    };
+    let expired = || {
+        let whose = if from_caller { "the caller's deadline" } else { "the route's timeout" };
+        LifelineError::new(ErrorKind::DeadlineExceeded, format!("{whose} of {budget:?} ran out (cluster {cluster})"))
+            .with_cluster(cluster)
             .boxed()
-        };
-        if budget.is_zero() {
-            return Box::pin(std::future::ready(Err(expired())));
-        }
-        let at = Instant::now() + budget;
-        req.extensions_mut().insert(Deadline { at, grpc });
-        let fut = call_boxed(&mut self.inner, req);
-        Box::pin(async move {
-            match tokio::time::timeout_at(at, fut).await {
-                Ok(result) => result,
-                Err(_) => Err(expired()),
-            }
-        })
+    };
+    if budget.is_zero() {
+        return Err(expired());
+    }
+    let deadline = Deadline { at: Instant::now() + budget, grpc };
+    match tokio::time::timeout_at(deadline.at, inner(req, deadline)).await {
+        Ok(result) => result,
+        Err(_) => Err(expired()),
     }
 }
 
-/// Per-attempt timeout; writes the remaining budget into the upstream request.
-#[derive(Debug, Clone)]
-pub struct AttemptLayer {
+/// Runs one attempt (`send`) within the per-try timeout and what is left of `deadline`, and
+/// tells the upstream how long it has left, in the header the caller used.
+pub async fn attempt<F, Fut>(
     per_try: Option<Duration>,
-    cluster: std::sync::Arc<str>,
-}
-
-impl AttemptLayer {
-    pub fn new(per_try: Option<Duration>, cluster: &str) -> Self {
-        AttemptLayer { per_try, cluster: cluster.into() }
-    }
-}
-
-impl<S> Layer<S> for AttemptLayer {
-    type Service = AttemptService<S>;
-    fn layer(&self, inner: S) -> AttemptService<S> {
-        AttemptService { inner, layer: self.clone() }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct AttemptService<S> {
-    inner: S,
-    layer: AttemptLayer,
-}
-
-impl<S> Service<Request<ProxyBody>> for AttemptService<S>
+    cluster: &str,
+    deadline: Deadline,
+    mut req: Request<ProxyBody>,
+    send: F,
+) -> Result<Response<ProxyBody>, BoxError>
 where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
-    S::Future: Send + 'static,
+    F: FnOnce(Request<ProxyBody>) -> Fut,
+    Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
 {
-    type Response = Response<ProxyBody>;
-    type Error = BoxError;
-    type Future = BoxFut;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+    let left = deadline.at.saturating_duration_since(Instant::now());
+    let budget = per_try.map_or(left, |p| left.min(p));
+    // Decimal digits on the stack: one allocation (the header value) per attempt.
+    let mut buf = [0u8; 24];
+    let mut n = buf.len();
+    if deadline.grpc {
+        n -= 1;
+        buf[n] = b'm';
     }
-
-    fn call(&mut self, mut req: Request<ProxyBody>) -> BoxFut {
-        let deadline = req.extensions().get::<Deadline>().copied();
-        let left = deadline.map(|d| d.at.saturating_duration_since(Instant::now()));
-        let budget = match (left, self.layer.per_try) {
-            (Some(l), Some(p)) => Some(l.min(p)),
-            (l, p) => l.or(p),
-        };
-        let cluster = self.layer.cluster.clone();
-        if let (Some(b), Some(d)) = (budget, deadline) {
-            // Decimal digits on the stack: one allocation (the header value) per attempt.
-            let mut buf = [0u8; 24];
-            let mut n = buf.len();
-            if d.grpc {
-                n -= 1;
-                buf[n] = b'm';
-            }
-            let mut ms = b.as_millis().min(u128::from(u64::MAX)) as u64;
-            loop {
-                n -= 1;
-                buf[n] = b'0' + (ms % 10) as u8;
-                ms /= 10;
-                if ms == 0 {
-                    break;
-                }
-            }
-            let name = if d.grpc { &GRPC_TIMEOUT } else { &X_LIFELINE_TIMEOUT_MS };
-            if let Ok(v) = HeaderValue::from_bytes(&buf[n..]) {
-                req.headers_mut().insert(name.clone(), v);
-            }
+    let mut ms = budget.as_millis().min(u128::from(u64::MAX)) as u64;
+    loop {
+        n -= 1;
+        buf[n] = b'0' + (ms % 10) as u8;
+        ms /= 10;
+        if ms == 0 {
+            break;
         }
-        let Some(budget) = budget else { return call_boxed(&mut self.inner, req) };
-        if budget.is_zero() {
-            let e = LifelineError::new(
-                ErrorKind::DeadlineExceeded,
-                format!("no time left for an attempt to cluster {cluster}"),
-            )
-            .with_cluster(&*cluster);
-            return Box::pin(std::future::ready(Err(e.boxed())));
+    }
+    let name = if deadline.grpc { &GRPC_TIMEOUT } else { &X_LIFELINE_TIMEOUT_MS };
+    if let Ok(v) = HeaderValue::from_bytes(&buf[n..]) {
+        req.headers_mut().insert(name.clone(), v);
+    }
+    if budget.is_zero() {
+        return Err(LifelineError::new(
+            ErrorKind::DeadlineExceeded,
+            format!("no time left for an attempt to cluster {cluster}"),
+        )
+        .with_cluster(cluster)
+        .boxed());
+    }
+    let per_try_binding = per_try.is_some_and(|p| p <= budget);
+    match tokio::time::timeout(budget, send(req)).await {
+        Ok(result) => result,
+        Err(_) => {
+            let (kind, what) = if per_try_binding {
+                (ErrorKind::UpstreamTimeout, "per-try timeout")
+            } else {
+                (ErrorKind::DeadlineExceeded, "deadline")
+            };
+            Err(LifelineError::new(kind, format!("no answer from cluster {cluster} within the {what} of {budget:?}"))
+                .with_cluster(cluster)
+                .boxed())
         }
-        let per_try_binding = self.layer.per_try.is_some_and(|p| p <= budget);
-        let fut = call_boxed(&mut self.inner, req);
-        Box::pin(async move {
-            match tokio::time::timeout(budget, fut).await {
-                Ok(result) => result,
-                Err(_) => {
-                    let (kind, what) = if per_try_binding {
-                        (ErrorKind::UpstreamTimeout, "per-try timeout")
-                    } else {
-                        (ErrorKind::DeadlineExceeded, "deadline")
-                    };
-                    Err(LifelineError::new(
-                        kind,
-                        format!("no answer from cluster {cluster} within the {what} of {budget:?}"),
-                    )
-                    .with_cluster(&*cluster)
-                    .boxed())
-                }
-            }
-        })
     }
 }
 

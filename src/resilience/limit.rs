@@ -7,17 +7,14 @@
 //! and Envoy's `max_pending_requests` are the models (research §1A).
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Response;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::{Layer, Service};
 
 use super::Problems;
 use crate::config::Dur;
@@ -124,56 +121,17 @@ impl Limiter {
             }
         }
     }
-}
 
-/// Applies a [`Limiter`] around each call.
-#[derive(Clone)]
-pub struct LimitLayer {
-    limiter: Arc<Limiter>,
-}
-
-impl LimitLayer {
-    pub fn new(limiter: Arc<Limiter>) -> Self {
-        LimitLayer { limiter }
-    }
-}
-
-impl<S> Layer<S> for LimitLayer {
-    type Service = Limit<S>;
-    fn layer(&self, inner: S) -> Limit<S> {
-        Limit { inner, limiter: self.limiter.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct Limit<S> {
-    inner: S,
-    limiter: Arc<Limiter>,
-}
-
-impl<S> Service<Request<ProxyBody>> for Limit<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limiter = self.limiter.clone();
-        Box::pin(async move {
-            let permit = limiter.acquire().await?;
-            let resp = super::call_boxed(&mut inner, req).await?;
-            // The slot is held until the response body is done (or dropped).
-            Ok(resp.map(|b| body::boxed(super::guard::Guarded::new(b, permit))))
-        })
+    /// Runs `call` holding a slot (not at all when none is free), and keeps the slot until the
+    /// response body ends or is dropped: a slow download still occupies the backend.
+    pub async fn around<F, Fut>(&self, call: F) -> Result<Response<ProxyBody>, BoxError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
+    {
+        let permit = self.acquire().await?;
+        let resp = call().await?;
+        Ok(resp.map(|b| body::boxed(super::guard::Guarded::new(b, permit))))
     }
 }
 

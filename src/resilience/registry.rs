@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::breaker::gate::Mode;
-use super::breaker::layer::BreakerLayer;
+use super::breaker::layer::BreakerStep;
 use super::breaker::Breaker;
-use super::limit::{LimitLayer, Limiter};
+use super::limit::Limiter;
 use super::retry::budget::Budget;
-use super::retry::{RetryLayer, RetryPolicy};
+use super::retry::RetryPolicy;
 use crate::classify::Classifier;
 use crate::config::{Config, RouteConfig};
 use crate::error::BoxError;
@@ -32,11 +32,11 @@ pub struct Registry {
     budgets: BTreeMap<String, (BudgetKey, Arc<Budget>)>,
 }
 
-/// The resilience layers of one route, ready to stack.
+/// The resilience steps of one route.
 pub struct RoutePolicies {
-    pub breaker: Option<BreakerLayer>,
-    pub limit: Option<LimitLayer>,
-    pub retry: Option<RetryLayer>,
+    pub breaker: Option<BreakerStep>,
+    pub limit: Option<Arc<Limiter>>,
+    pub retry: Option<Arc<RetryPolicy>>,
     pub per_try_timeout: Option<Duration>,
     /// Classifies the route's attempts (429 is a failure if any of its policies names it).
     pub classifier: Classifier,
@@ -89,7 +89,7 @@ impl Registry {
         Ok(reg)
     }
 
-    /// The layers `route` runs with.
+    /// The steps `route` runs with.
     pub fn for_route(&self, route: &RouteConfig, config: &Config) -> RoutePolicies {
         let empty = Default::default();
         let shared = config.clusters.get(&route.cluster).map(|c| &c.resilience).unwrap_or(&empty);
@@ -101,14 +101,14 @@ impl Registry {
         let classifier = Classifier { failure_on_429 };
         let breaker = breaker_cfg
             .and_then(|(_, scope)| self.breakers.get(&scope))
-            .map(|b| BreakerLayer::new(b.clone(), classifier));
+            .map(|b| BreakerStep::new(b.clone(), classifier));
         let limit = pick(own.concurrency.as_ref(), shared.concurrency.as_ref(), route)
             .and_then(|(_, scope)| self.limiters.get(&scope))
-            .map(|l| LimitLayer::new(l.clone()));
+            .cloned();
         let per_try_timeout = retry_cfg.as_ref().and_then(|(c, _)| c.per_try_timeout);
         let retry = retry_cfg.and_then(|(cfg, scope)| {
             let (_, budget) = self.budgets.get(&scope)?;
-            Some(RetryLayer::new(RetryPolicy::new(cfg.clone(), budget.clone(), &route.cluster, classifier)))
+            Some(RetryPolicy::new(cfg.clone(), budget.clone(), &route.cluster, classifier))
         });
         RoutePolicies { breaker, limit, retry, per_try_timeout, classifier }
     }

@@ -3,16 +3,12 @@
 //! A connect failure means nothing left Lifeline, so the request is re-picked at once on
 //! another endpoint of the cluster (even a POST: the failed send hands the request back, see
 //! [`super::SendFailure`]), up to once per endpoint. That costs no retry budget: the retry layer above never sees it.
-//! Every endpoint tried is appended to the request's [`TriedEndpoints`] (shared with the retry
-//! layer), and the balancer avoids those when it can, so a retry lands somewhere new.
+//! Every endpoint tried is appended to the request's [`TriedEndpoints`] (kept across the
+//! request's retries), and the balancer avoids those when it can, so a retry lands somewhere new.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tower::Service;
 
 use super::{Cluster, SendFailure};
 use crate::chaos::Faults;
@@ -28,74 +24,65 @@ pub struct ClusterService {
     pub classifier: Classifier,
     /// Chaos faults, applied innermost so they look exactly like upstream faults.
     pub faults: Arc<Faults>,
+    /// The route this service sends for (chaos faults may target one route).
+    pub route: Option<Arc<str>>,
 }
 
 impl ClusterService {
     /// A service without chaos faults.
     pub fn new(cluster: Arc<Cluster>) -> Self {
-        ClusterService { cluster, classifier: Classifier::default(), faults: Arc::default() }
-    }
-}
-
-impl Service<Request<ProxyBody>> for ClusterService {
-    type Response = Response<ProxyBody>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
+        ClusterService { cluster, classifier: Classifier::default(), faults: Arc::default(), route: None }
     }
 
-    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        Box::pin(dispatch(self.cluster.clone(), self.classifier, self.faults.clone(), req))
+    /// Sends `req` to one endpoint, re-picking on a connect failure. `tried` lists the
+    /// endpoints earlier attempts of the same request went to; the pick is added to it.
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        tried: Option<&TriedEndpoints>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        dispatch(self, tried, req).await
     }
 }
 
 async fn dispatch(
-    cluster: Arc<Cluster>,
-    classifier: Classifier,
-    faults: Arc<Faults>,
+    svc: &ClusterService,
+    tried: Option<&TriedEndpoints>,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, BoxError> {
+    let (cluster, classifier) = (&*svc.cluster, svc.classifier);
     cluster.wait_ready().await;
-    let tried = req.extensions().get::<TriedEndpoints>().cloned();
-    let mut here: Vec<Arc<str>> = Vec::new();
+    // One list for the endpoints earlier attempts tried and those this call tries (the ones
+    // from `start` on).
+    let local = TriedEndpoints::default();
+    let list = tried.unwrap_or(&local);
+    let start = list.len();
     loop {
-        let avoid = |key: &str| {
-            here.iter().any(|k| &**k == key)
-                || tried.as_ref().is_some_and(|t| t.0.lock().map(|l| l.iter().any(|k| &**k == key)).unwrap_or(false))
+        let Some(endpoint) = cluster.pick_avoiding(&|key: &str| list.contains(key)) else {
+            return Err(no_healthy(cluster));
         };
-        let Some(endpoint) = cluster.pick_avoiding(&avoid) else {
-            return Err(no_healthy(&cluster));
-        };
-        if here.iter().any(|k| *k == endpoint.key) {
+        if list.contains_since(start, &endpoint.key) {
             // Every usable endpoint already refused the connection in this call.
+            let n = list.len() - start;
             return Err(LifelineError::new(
                 ErrorKind::ConnectFailed,
-                format!("no endpoint of cluster {} accepted a connection ({} tried)", cluster.name(), here.len()),
+                format!("no endpoint of cluster {} accepted a connection ({n} tried)", cluster.name()),
             )
             .with_cluster(cluster.name())
             .boxed());
         }
-        here.push(endpoint.key.clone());
-        if let Some(t) = &tried {
-            if let Ok(mut list) = t.0.lock() {
-                list.push(endpoint.key.clone());
-            }
-        }
-        let more_endpoints = cluster.shared.endpoints.load().len() > here.len();
-        let result = crate::chaos::inject::send(&faults, &cluster, &endpoint, req).await;
+        list.push(endpoint.key.clone());
+        let more_endpoints = cluster.shared.endpoints.load().len() > list.len() - start;
+        let result = crate::chaos::inject::send(&svc.faults, cluster, svc.route.as_deref(), &endpoint, req).await;
         let outcome = match &result {
             Ok(resp) => classifier.status(resp.status()),
             Err(f) => classify_error(&f.error),
         };
         endpoint.record(outcome);
         match result {
-            Ok(mut resp) => {
-                // Classified once, here; breaker and retry read the verdict from the response.
-                resp.extensions_mut().insert(outcome);
-                return Ok(resp);
-            }
+            // Breaker and retry classify the answer again with the same classifier (a status
+            // match costs less than carrying the verdict in the response's extensions).
+            Ok(resp) => return Ok(resp),
             Err(SendFailure { error, unsent: Some(back) })
                 if more_endpoints && LifelineError::kind_of(&error) == ErrorKind::ConnectFailed =>
             {

@@ -1,46 +1,51 @@
 //! The breaker on the request path: read the gate, fail fast or call through, report the outcome.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::Response;
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 use super::gate::Admit;
 use super::Breaker;
 use crate::classify::{Classifier, Outcome};
 use crate::error::BoxError;
 use crate::proxy::body::ProxyBody;
-use crate::resilience::{call_boxed, outcome_of};
+use crate::resilience::outcome_of;
 
+/// A breaker as one step of a route's path.
 #[derive(Clone)]
-pub struct BreakerLayer {
+pub struct BreakerStep {
     breaker: Arc<Breaker>,
     classifier: Classifier,
 }
 
-impl BreakerLayer {
+impl BreakerStep {
     /// `classifier` is the route's (it only matters for responses that lack a classified outcome).
     pub fn new(breaker: Arc<Breaker>, classifier: Classifier) -> Self {
-        BreakerLayer { breaker, classifier }
+        BreakerStep { breaker, classifier }
     }
-}
 
-impl<S> Layer<S> for BreakerLayer {
-    type Service = BreakerService<S>;
-    fn layer(&self, inner: S) -> BreakerService<S> {
-        BreakerService { inner, breaker: self.breaker.clone(), classifier: self.classifier }
+    /// Runs `call` if the gate admits it (else fails fast, without calling it), and reports
+    /// its outcome. (`call` makes the future rather than being one: an `async fn` stores its
+    /// arguments and then moves them into its body, so a future passed in takes its size twice.)
+    pub async fn around<F, Fut>(&self, call: F) -> Result<Response<ProxyBody>, BoxError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
+    {
+        match self.breaker.admit() {
+            Admit::No { retry_after } => Err(self.breaker.open_error(retry_after)),
+            Admit::Yes { record: false, .. } => call().await,
+            Admit::Yes { epoch, probe, .. } => {
+                let pending =
+                    Pending { breaker: self.breaker.clone(), epoch, probe, start: Instant::now(), done: false };
+                let result = call().await;
+                pending.finish(outcome_of(&self.classifier, &result));
+                result
+            }
+        }
     }
-}
-
-#[derive(Clone)]
-pub struct BreakerService<S> {
-    inner: S,
-    breaker: Arc<Breaker>,
-    classifier: Classifier,
 }
 
 /// Reports the call's outcome once; if the call is dropped first, gives a probe permit back.
@@ -78,41 +83,6 @@ impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done {
             self.breaker.cancelled(self.epoch, self.probe);
-        }
-    }
-}
-
-impl<S> Service<Request<ProxyBody>> for BreakerService<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        match self.breaker.admit() {
-            Admit::No { retry_after } => {
-                let err = self.breaker.open_error(retry_after);
-                Box::pin(std::future::ready(Err(err)))
-            }
-            Admit::Yes { record: false, .. } => call_boxed(&mut self.inner, req),
-            Admit::Yes { epoch, probe, .. } => {
-                let pending =
-                    Pending { breaker: self.breaker.clone(), epoch, probe, start: Instant::now(), done: false };
-                let fut = call_boxed(&mut self.inner, req);
-                let classifier = self.classifier;
-                Box::pin(async move {
-                    let result = fut.await;
-                    pending.finish(outcome_of(&classifier, &result));
-                    result
-                })
-            }
         }
     }
 }

@@ -54,6 +54,8 @@ impl Replay {
     /// A body for one attempt; `None` once a streaming body was used.
     pub fn take(&mut self) -> Option<ProxyBody> {
         match self {
+            // An empty body boxes a zero-sized type: no allocation per attempt.
+            Replay::Buffered { data, trailers: None } if data.is_empty() => Some(body::empty()),
             Replay::Buffered { data, trailers: None } => Some(body::full(data.clone())),
             Replay::Buffered { data, trailers: Some(t) } => {
                 let frames: [Result<Frame<Bytes>, BoxError>; 2] =

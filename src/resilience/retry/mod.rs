@@ -6,7 +6,8 @@
 //! retried; every retry is paid from the scope's [`budget::Budget`]; waits use full-jitter
 //! backoff or the upstream's `Retry-After` (up to a cap); no retry starts that the request's
 //! deadline could not cover; the body is replayed only when it fit the replay cap. Each attempt
-//! carries the shared [`TriedEndpoints`] list so the balancer prefers an endpoint not tried yet.
+//! goes through the route's [`TriedEndpoints`](crate::proxy::stack::TriedEndpoints) list, so
+//! the balancer prefers an endpoint not tried yet.
 //! The response says how many attempts it took (`x-lifeline-attempts`).
 
 pub mod backoff;
@@ -15,25 +16,20 @@ pub mod budget;
 pub mod config;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 use self::body::Replay;
 use self::budget::Budget;
 use self::config::RetryConfig;
-use super::deadline::Deadline;
 use super::outcome_of;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, LifelineError};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::headers::{IDEMPOTENCY_KEY, X_LIFELINE_ATTEMPTS};
-use crate::proxy::stack::TriedEndpoints;
 use crate::telemetry::names;
 
 /// Everything the retry layer of one route needs.
@@ -92,10 +88,17 @@ impl RetryPolicy {
         Some(wait)
     }
 
-    async fn run<S>(self: Arc<Self>, mut svc: S, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, BoxError>
+    /// Runs `attempt` until an answer may go to the caller: the first success, or a failure
+    /// that another attempt may not or need not follow (see [`RetryPolicy::next`]).
+    pub async fn run<F, Fut>(
+        &self,
+        req: Request<ProxyBody>,
+        deadline: Option<Instant>,
+        mut attempt: F,
+    ) -> Result<Response<ProxyBody>, BoxError>
     where
-        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError>,
-        S::Future: Send + 'static,
+        F: FnMut(Request<ProxyBody>) -> Fut,
+        Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
     {
         self.budget.deposit();
         let (parts, body) = req.into_parts();
@@ -106,9 +109,7 @@ impl RetryPolicy {
         } else {
             Replay::Once(Some(body))
         };
-        let deadline = parts.extensions.get::<Deadline>().map(|d| d.at);
-        let tried = TriedEndpoints::default();
-        let mut attempt = 1u32;
+        let mut n = 1u32;
         loop {
             let mut req = Request::new(replay.take().unwrap_or_else(crate::proxy::body::empty));
             *req.method_mut() = parts.method.clone();
@@ -116,19 +117,15 @@ impl RetryPolicy {
             *req.version_mut() = parts.version;
             *req.headers_mut() = parts.headers.clone();
             *req.extensions_mut() = parts.extensions.clone();
-            req.extensions_mut().insert(tried.clone());
-            let result = match std::future::poll_fn(|cx| svc.poll_ready(cx)).await {
-                Ok(()) => super::call_boxed(&mut svc, req).await,
-                Err(e) => Err(e),
-            };
+            let result = attempt(req).await;
             let outcome = outcome_of(&self.classifier, &result);
-            match self.next(attempt, outcome, &result, resend_safe, replay.can_replay(), deadline) {
-                None => return with_attempts(result, attempt),
+            match self.next(n, outcome, &result, resend_safe, replay.can_replay(), deadline) {
+                None => return with_attempts(result, n),
                 Some(wait) => {
                     drop(result);
                     metrics::counter!(names::RETRIES_TOTAL, "cluster" => self.cluster.clone(), "reason" => outcome.label()).increment(1);
                     tokio::time::sleep(wait).await;
-                    attempt += 1;
+                    n += 1;
                 }
             }
         }
@@ -159,50 +156,6 @@ fn with_attempts(
             Ok(le) => Err(Box::new(le.with_attempts(attempts))),
             Err(other) => Err(other),
         },
-    }
-}
-
-#[derive(Clone)]
-pub struct RetryLayer {
-    policy: Arc<RetryPolicy>,
-}
-
-impl RetryLayer {
-    pub fn new(policy: Arc<RetryPolicy>) -> Self {
-        RetryLayer { policy }
-    }
-}
-
-impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
-    fn layer(&self, inner: S) -> Retry<S> {
-        Retry { inner, policy: self.policy.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct Retry<S> {
-    inner: S,
-    policy: Arc<RetryPolicy>,
-}
-
-impl<S> Service<Request<ProxyBody>> for Retry<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(self.policy.clone().run(inner, req))
     }
 }
 
