@@ -68,6 +68,10 @@ pub enum Failure {
     /// The exchange failed after the request (or part of it) was written: it may have reached
     /// the backend.
     Exchange(String),
+    /// Sent with `resend` (idempotent, no body, on a kept-alive connection), and the connection
+    /// closed or reset before one byte of an answer: the backend had closed it while it sat idle
+    /// (RFC 9112 §9.3.1). The request comes back to go out on another connection.
+    Stale(String, Box<Request<ProxyBody>>),
 }
 
 impl Conn {
@@ -82,7 +86,8 @@ impl Conn {
     /// a close that arrived while this thread was busy is not yet known to the reactor, and a
     /// POST written into a connection the backend has closed has an ambiguous outcome. nginx
     /// and HAProxy skip this check and retry idempotent requests instead; a settlement is not
-    /// one. (Measured: trusting readiness let a POST fail after a SIGKILLed primary, in
+    /// one, so the pool skips it only for those ([`super::pool::ConnPool::send`]). (Measured:
+    /// trusting readiness let a POST fail after a SIGKILLed primary, in
     /// `failover::process::sigkilled_primary_active_checks_only_…`.)
     pub fn is_usable(&self) -> bool {
         if !self.buf.is_empty() {
@@ -93,6 +98,11 @@ impl Conn {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
             Ok(_) => false,
         }
+    }
+
+    /// Nothing unasked has been read from the connection (no syscall).
+    pub fn is_quiet(&self) -> bool {
+        self.buf.is_empty()
     }
 
     /// Reads what the socket has into the buffer; `Ok(0)` is end of stream. Through
@@ -135,13 +145,18 @@ impl Conn {
 /// Sends `req` (origin-form target, `Host` set, hop-by-hop headers removed) on `conn` and
 /// returns the response once its head has arrived. The body reads the rest from the connection
 /// and hands the connection to `home` when it ends and the connection can carry another.
-pub async fn send<R: Release>(
+///
+/// With `resend`, a request without a body is kept until the answer starts, so that a
+/// connection that turns out closed hands it back ([`Failure::Stale`]).
+pub async fn exchange<R: Release>(
     mut conn: Conn,
     req: Request<ProxyBody>,
     home: Arc<R>,
+    resend: bool,
 ) -> Result<Response<ProxyBody>, Failure> {
     let head_only = req.method() == Method::HEAD;
     let (parts, mut body) = req.into_parts();
+    let resend = resend && body.is_end_stream();
     let framing = encode_head(&mut conn.out, &parts, &body);
     // Kept until the first byte is out, so a request that never left can be handed back.
     let mut unsent = Some(Unsent { parts, held: None, whole: true });
@@ -215,8 +230,9 @@ pub async fn send<R: Release>(
             return Err(failed(written, e, unsent, body));
         }
     }
+    let back = if resend { unsent.take().map(|u| u.parts) } else { None };
     drop((unsent, body));
-    read_response(conn, head_only, home).await
+    read_response(conn, head_only, home, back).await
 }
 
 /// What a request that has not been written yet needs to be rebuilt.
@@ -346,20 +362,30 @@ async fn read_response<R: Release>(
     mut conn: Conn,
     head_only: bool,
     home: Arc<R>,
+    back: Option<http::request::Parts>,
 ) -> Result<Response<ProxyBody>, Failure> {
+    let mut answered = false;
     loop {
         if !conn.buf.is_empty() {
+            answered = true;
             match parse_head(&mut conn.buf)? {
                 Some(resp) if resp.status().is_informational() => continue,
                 Some(resp) => return attach_body(conn, resp, head_only, home),
                 None => {}
             }
         }
-        let n = poll_fn(|cx| conn.poll_fill(cx)).await.map_err(|e| Failure::Exchange(e.to_string()))?;
-        if n == 0 {
-            let what = if conn.buf.is_empty() { "before a response" } else { "in the middle of the response head" };
-            return Err(Failure::Exchange(format!("the backend closed the connection {what}")));
-        }
+        let failed = match poll_fn(|cx| conn.poll_fill(cx)).await {
+            Ok(0) if conn.buf.is_empty() => "the backend closed the connection before a response".to_string(),
+            Ok(0) => "the backend closed the connection in the middle of the response head".to_string(),
+            Ok(_) => continue,
+            Err(e) => e.to_string(),
+        };
+        return Err(match back {
+            Some(parts) if !answered => {
+                Failure::Stale(failed, Box::new(Request::from_parts(parts, crate::proxy::body::empty())))
+            }
+            _ => Failure::Exchange(failed),
+        });
     }
 }
 

@@ -10,14 +10,15 @@
 //! the connection comes back here when the body has been read to the end (HTTP/1.1 carries one
 //! exchange at a time). A body dropped half-read, an error, or `Connection: close` retires it.
 //! Idle connections are taken newest first, after a check that the backend has not closed them
-//! ([`Conn::is_usable`]), and closed after `idle_timeout` by the cluster controller's sweep
-//! ([`ConnPool::evict_idle`]), off the request path.
+//! ([`Conn::is_usable`]; skipped for idempotent requests without a body, which are sent again
+//! instead, see [`ConnPool::send`]), and closed after `idle_timeout` by the cluster controller's
+//! sweep ([`ConnPool::evict_idle`]), off the request path.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use tokio::net::TcpStream;
 
 use super::h1::{self, Conn, Failure};
@@ -86,10 +87,11 @@ impl ConnPool {
         self.slots.get(i).unwrap_or(&self.slots[0])
     }
 
-    fn take_idle(&self) -> Option<Conn> {
+    /// The newest idle connection; with `peek`, one the kernel says the backend has not closed.
+    fn take_idle(&self, peek: bool) -> Option<Conn> {
         let mut list = self.slot().lock().unwrap_or_else(|p| p.into_inner());
         while let Some(idle) = list.pop() {
-            if idle.conn.is_usable() {
+            if if peek { idle.conn.is_usable() } else { idle.conn.is_quiet() } {
                 return Some(idle.conn);
             }
         }
@@ -124,25 +126,42 @@ impl ConnPool {
 
     /// Sends `req` (origin-form URI, Host set) on an idle connection or a new one.
     ///
-    /// An idle connection the endpoint closed is noticed before anything is written and
-    /// skipped. If one still fails before the first byte of the request is out (the backend
-    /// reset it in between), the request comes back and goes out on the next idle connection
-    /// or a fresh one: never twice.
+    /// Before a request that must not be sent twice goes into an idle connection, the kernel
+    /// is asked whether the backend has closed it ([`Conn::is_usable`], one syscall), and a closed
+    /// one is skipped. If one still fails before the first byte of the request is out (the backend
+    /// reset it in between), the request comes back and goes out on the next idle connection or
+    /// a fresh one: never twice.
+    ///
+    /// An idempotent request without a body (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT,
+    /// DELETE) skips that syscall, as nginx and HAProxy do: if the connection turns out closed
+    /// before one byte of an answer, it is sent again, once, on a connection checked the careful
+    /// way (RFC 9112 §9.3.1 allows this for idempotent requests).
     pub async fn send(self: &Arc<Self>, mut req: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+        let mut blind = idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
         loop {
-            let (conn, reused) = match self.take_idle() {
+            let (conn, reused) = match self.take_idle(!blind) {
                 Some(conn) => (conn, true),
                 None => match self.connect().await {
                     Ok(conn) => (conn, false),
                     Err(why) => return Err(SendError::Connect(why, Box::new(req))),
                 },
             };
-            match h1::send(conn, req, self.clone()).await {
+            match h1::exchange(conn, req, self.clone(), reused && blind).await {
                 Ok(resp) => return Ok(resp),
+                Err(Failure::Stale(why, back)) => {
+                    tracing::debug!(endpoint = %self.addr, %why, "kept-alive connection was closed; sending the idempotent request again");
+                    blind = false;
+                    req = *back;
+                }
                 Err(Failure::NotSent(_, Some(back))) if reused => req = *back,
                 Err(Failure::NotSent(e, back)) => return Err(SendError::NotSent(e.to_string(), back)),
                 Err(Failure::Exchange(why)) => return Err(SendError::Exchange(why)),
             }
         }
     }
+}
+
+/// RFC 9110 §9.2.2.
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }

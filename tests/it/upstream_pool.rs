@@ -153,6 +153,26 @@ async fn pool_resends_on_a_fresh_connection_when_the_backend_closed_the_idle_one
     assert_eq!(up.accepted.load(Ordering::SeqCst), 40, "a new connection per request");
 }
 
+/// A GET skips the kernel check of an idle connection and is sent again if the connection
+/// turns out closed (above); a POST is never written into a connection the backend closed:
+/// each one here finds its idle connection closed (the close had time to arrive) and goes out
+/// on a fresh one, and every caller gets the backend's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_never_writes_a_post_into_a_connection_the_backend_closed() {
+    let up = RawUpstream::start(Behaviour::SilentClose).await;
+    let sc = Sidecar::start(&yaml(up.addr, "")).await;
+    let client = http1();
+    for i in 0..20 {
+        let req = Request::post(sc.url(&format!("/pay/{i}")))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        assert_eq!(send(&client, req).await.status.as_u16(), 200, "POST {i}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 20, "a new connection per request");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_retires_a_connection_the_backend_announced_closing() {
     let up = RawUpstream::start(Behaviour::AnnouncedClose).await;

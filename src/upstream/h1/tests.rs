@@ -71,7 +71,56 @@ fn failure_text(f: Failure) -> String {
     match f {
         Failure::NotSent(e, _) => format!("not sent: {e}"),
         Failure::Exchange(why) => why,
+        Failure::Stale(why, _) => format!("stale: {why}"),
     }
+}
+
+/// An exchange that may not be sent again.
+async fn send(conn: Conn, req: Request<ProxyBody>, home: Arc<Home>) -> Result<Response<ProxyBody>, Failure> {
+    exchange(conn, req, home, false).await
+}
+
+/// A kept-alive connection the backend closed while it sat idle: with `resend`, a bodyless GET
+/// comes back whole (to go out elsewhere); without it, or with a body, or once the backend
+/// started answering, the failure stays an exchange failure (the request may have been seen).
+#[tokio::test]
+async fn a_connection_closed_while_idle_hands_back_a_resendable_request_only() {
+    async fn closed_after_request(answer: &'static [u8]) -> (Conn, tokio::task::JoinHandle<String>) {
+        let (conn, mut server) = pair().await;
+        let seen = tokio::spawn(async move {
+            let req = read_request(&mut server).await;
+            server.write_all(answer).await.unwrap();
+            drop(server);
+            req
+        });
+        (conn, seen)
+    }
+    let home = Arc::new(Home::default());
+    let (conn, seen) = closed_after_request(b"").await;
+    let req = Request::get("/again?x=1").header("host", "backend").header("x-k", "v").body(body::empty()).unwrap();
+    match exchange(conn, req, home.clone(), true).await {
+        Err(Failure::Stale(why, back)) => {
+            assert!(why.contains("before a response"), "{why}");
+            assert_eq!(back.uri(), "/again?x=1");
+            assert_eq!(back.headers()["x-k"], "v");
+            assert!(http_body::Body::is_end_stream(back.body()));
+        }
+        other => panic!("expected a stale connection, got {:?}", other.map(|r| r.status())),
+    }
+    assert!(seen.await.unwrap().starts_with("GET /again?x=1 HTTP/1.1"));
+
+    let (conn, _seen) = closed_after_request(b"").await;
+    let r = send(conn, get("/"), home.clone()).await;
+    assert!(matches!(r, Err(Failure::Exchange(_))), "without resend: the outcome is unknown");
+
+    let (conn, _seen) = closed_after_request(b"").await;
+    let post = Request::post("/pay").header("host", "b").body(body::full("{}")).unwrap();
+    let r = exchange(conn, post, home.clone(), true).await;
+    assert!(matches!(r, Err(Failure::Exchange(_))), "a request with a body is never handed back once sent");
+
+    let (conn, _seen) = closed_after_request(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+    let r = exchange(conn, get("/"), home.clone(), true).await;
+    assert!(matches!(r, Err(Failure::Exchange(_))), "the backend started answering: not stale");
 }
 
 #[tokio::test]
