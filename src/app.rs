@@ -171,7 +171,6 @@ impl App {
             reload_lock: tokio::sync::Mutex::new(()),
             access_log: access_log.clone(),
         });
-        let proxy = Arc::new(Proxy::new(state.runtime.clone(), state.draining.clone(), access_log));
 
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let limits = ConnLimits {
@@ -179,13 +178,16 @@ impl App {
             max_header_list_size: u32::try_from(config.limits.max_header_bytes * 2).unwrap_or(u32::MAX),
         };
         let grace = config.shutdown.grace_period;
-        let handler = move |req, peer| proxy.clone().handle(req, peer);
-        // Every worker serves a dup of the one listening socket on its own runtime.
+        // Every worker serves a dup of the one listening socket on its own runtime, with a
+        // `Proxy` of its own: each request clones the handler's `Arc<Proxy>`, and a count only
+        // one core writes stays in that core's cache.
         let shared_listener = proxy_listener.into_std()?;
         let balance = workers::Balance::new(workers.count());
         let serving = workers.spawn_each(|i| {
             let listener = shared_listener.try_clone();
-            let (handler, rx, seat) = (handler.clone(), proxy_rx.clone(), balance.seat(i));
+            let proxy = Arc::new(Proxy::new(state.runtime.clone(), state.draining.clone(), access_log.clone()));
+            let handler = move |req, peer| proxy.clone().handle(req, peer);
+            let (rx, seat) = (proxy_rx.clone(), balance.seat(i));
             async move {
                 match listener.and_then(TcpListener::from_std) {
                     Ok(l) => server::serve_shared(l, handler, limits, stopped(rx), grace, "proxy", Some(seat)).await,

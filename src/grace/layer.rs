@@ -41,17 +41,17 @@ impl GraceService {
     }
 }
 
-type Fut = crate::resilience::BoxFuture;
+type Fut = crate::resilience::BoxFuture<'static>;
 
 impl crate::proxy::stack::Route for GraceService {
-    fn call(self: Arc<Self>, req: Request<ProxyBody>) -> Fut {
+    fn call(&self, req: Request<ProxyBody>) -> crate::resilience::BoxFuture<'_> {
         handle(self.engine.clone(), self.inner.clone(), self.route.clone(), req)
     }
 }
 
 /// Drives the inner path.
 pub(crate) fn call(svc: HttpService, req: Request<ProxyBody>) -> Fut {
-    svc.call(req)
+    svc.call_owned(req)
 }
 
 /// Why a request ends up in the journal.
@@ -81,7 +81,7 @@ fn handle(engine: Arc<Engine>, inner: HttpService, route: Arc<str>, req: Request
         } else {
             engine.pacer.note_live();
             let online = Request::from_parts(parts.clone(), full(bytes.clone()));
-            match call(inner, online).await {
+            match inner.call(online).await {
                 Ok(resp) => return Ok(resp),
                 Err(err) => {
                     let kind = LifelineError::kind_of(&err);

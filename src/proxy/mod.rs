@@ -14,7 +14,7 @@ pub mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,12 +33,11 @@ pub struct Proxy {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub draining: Arc<AtomicBool>,
     pub access_log: Arc<AtomicBool>,
-    in_flight: metrics::Gauge,
 }
 
 impl Proxy {
     pub fn new(runtime: Arc<ArcSwap<Runtime>>, draining: Arc<AtomicBool>, access_log: Arc<AtomicBool>) -> Proxy {
-        Proxy { runtime, draining, access_log, in_flight: metrics::gauge!(names::REQUESTS_IN_FLIGHT) }
+        Proxy { runtime, draining, access_log }
     }
 
     /// Serves one request. Never fails: every error is an answer.
@@ -48,7 +47,7 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let received = Instant::now();
-        let _in_flight = InFlight::enter(&self.in_flight);
+        let _in_flight = InFlight::enter();
         let rt = self.runtime.load_full();
         let (parts, body) = req.into_parts();
         let request_id = headers::request_id(&parts.headers);
@@ -93,20 +92,36 @@ impl Proxy {
     }
 }
 
-/// Counts a request in flight until dropped (also when the client goes away mid-request).
-struct InFlight<'a>(&'a metrics::Gauge);
+/// Requests in flight, one counter per proxy worker (each on its own cache line), so the
+/// path never writes a line another core is writing too. Summed into
+/// `lifeline_requests_in_flight` when the metrics are read ([`publish_in_flight`]).
+static IN_FLIGHT: [Slot; SLOTS] = [const { Slot(AtomicI64::new(0)) }; SLOTS];
+const SLOTS: usize = 64;
 
-impl<'a> InFlight<'a> {
-    fn enter(g: &'a metrics::Gauge) -> Self {
-        g.increment(1.0);
-        InFlight(g)
+#[repr(align(128))]
+struct Slot(AtomicI64);
+
+/// Counts a request in flight until dropped (also when the client goes away mid-request).
+struct InFlight(&'static AtomicI64);
+
+impl InFlight {
+    fn enter() -> Self {
+        let slot = &IN_FLIGHT[crate::proxy::workers::current().map_or(0, |w| (w + 1) % SLOTS)].0;
+        slot.fetch_add(1, Ordering::Relaxed);
+        InFlight(slot)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Sets the `lifeline_requests_in_flight` gauge from the per-worker counters (before a scrape).
+pub fn publish_in_flight() {
+    let n: i64 = IN_FLIGHT.iter().map(|s| s.0.load(Ordering::Relaxed)).sum();
+    metrics::gauge!(names::REQUESTS_IN_FLIGHT).set(n as f64);
 }
 
 /// Limits and routing that answer before any upstream is involved.

@@ -39,9 +39,11 @@ use crate::resilience::BoxFuture;
 use crate::upstream::Cluster;
 pub use crate::upstream::ClusterService;
 
-/// What a route resolves to: its whole path as one boxed future per request.
+/// What a route resolves to: its whole path as one boxed future per request. The future
+/// borrows the route (the caller holds the runtime snapshot the route lives in), so a request
+/// does not touch a reference count that every worker shares.
 pub trait Route: Send + Sync + 'static {
-    fn call(self: Arc<Self>, req: Request<ProxyBody>) -> BoxFuture;
+    fn call(&self, req: Request<ProxyBody>) -> BoxFuture<'_>;
 }
 
 /// The service every route resolves to (cheap to clone). It is also a `tower::Service`, so
@@ -55,23 +57,29 @@ impl HttpService {
     }
 
     /// Starts one request down the route's path.
-    pub fn call(&self, req: Request<ProxyBody>) -> BoxFuture {
-        self.0.clone().call(req)
+    pub fn call(&self, req: Request<ProxyBody>) -> BoxFuture<'_> {
+        self.0.call(req)
+    }
+
+    /// [`HttpService::call`] with a future that owns its route (for spawned work).
+    pub fn call_owned(&self, req: Request<ProxyBody>) -> BoxFuture<'static> {
+        let route = self.0.clone();
+        Box::pin(async move { route.call(req).await })
     }
 }
 
 impl tower::Service<Request<ProxyBody>> for HttpService {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
-    type Future = BoxFuture;
+    type Future = BoxFuture<'static>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // Back-pressure is the bulkhead's job (a bounded queue, then 503), not readiness.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ProxyBody>) -> BoxFuture {
-        HttpService::call(self, req)
+    fn call(&mut self, req: Request<ProxyBody>) -> BoxFuture<'static> {
+        self.call_owned(req)
     }
 }
 
@@ -171,8 +179,8 @@ impl RoutePath {
 }
 
 impl Route for RoutePath {
-    fn call(self: Arc<Self>, req: Request<ProxyBody>) -> BoxFuture {
-        Box::pin(async move { self.serve(req).await })
+    fn call(&self, req: Request<ProxyBody>) -> BoxFuture<'_> {
+        Box::pin(self.serve(req))
     }
 }
 

@@ -33,7 +33,8 @@ use crate::error::BoxError;
 use crate::proxy::body::ProxyBody;
 
 /// The future a route's whole path returns.
-pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, BoxError>> + Send>>;
+pub type BoxFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, BoxError>> + Send + 'a>>;
 
 /// An attempt's outcome: from the status (with the route's classifier, as the cluster service
 /// classified it for outlier detection) or from the typed error, by [`crate::classify`].

@@ -230,6 +230,29 @@ async fn admin_mutations_need_the_token_and_never_fail_open() {
     assert!(!cfg.contains("s3cret"));
 }
 
+/// `lifeline_requests_in_flight` counts a request while it is served (the counters are per
+/// worker and summed when the metrics are read). Other tests in this process may add their own
+/// requests to the gauge, never take ours away: so at least one while ours is slow upstream.
+#[tokio::test]
+async fn in_flight_requests_show_on_the_gauge_while_they_are_served() {
+    let up = Upstream::fixed(200, Duration::from_millis(1500)).await;
+    let sc = Sidecar::start(&one_cluster_yaml(up.addr)).await;
+    let url = sc.url("/slow");
+    let slow = tokio::spawn(async move { get(&url).await.status });
+    let gauge = || async {
+        let text = get(&sc.admin_url("/metrics")).await.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix("lifeline_requests_in_flight "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(1), || async { gauge().await >= 1.0 }).await,
+        "the slow request shows as in flight"
+    );
+    assert_eq!(slow.await.unwrap(), 200);
+}
+
 #[tokio::test]
 async fn metrics_are_valid_prometheus_text() {
     let up = Upstream::echo().await;
