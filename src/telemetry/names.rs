@@ -23,6 +23,7 @@ pub const GRACE_DUPLICATES_SUPPRESSED_TOTAL: &str = "lifeline_grace_duplicates_s
 pub const GRACE_UNKNOWN_OUTCOMES_TOTAL: &str = "lifeline_grace_unknown_outcomes_total";
 pub const GRACE_TRANSITIONS_TOTAL: &str = "lifeline_grace_transitions_total";
 pub const GRACE_FSYNC_SECONDS: &str = "lifeline_grace_fsync_seconds";
+pub const GRACE_COMMIT_SECONDS: &str = "lifeline_grace_commit_seconds";
 pub const ENDPOINT_HEALTHY: &str = "lifeline_endpoint_healthy";
 pub const ENDPOINT_EJECTED: &str = "lifeline_endpoint_ejected";
 pub const FAILOVER_PRIORITY: &str = "lifeline_failover_priority";
@@ -61,6 +62,7 @@ pub const ALL: &[(&str, &str)] = &[
     (GRACE_UNKNOWN_OUTCOMES_TOTAL, "Settlements sent without an answer (resolved by query before any resend)."),
     (GRACE_TRANSITIONS_TOTAL, "Grace item state transitions, by target state."),
     (GRACE_FSYNC_SECONDS, "Duration of one journal group commit (COMMIT with fsync), shared by its batch."),
+    (GRACE_COMMIT_SECONDS, "Time from a settlement reaching the journal to its durable answer: queueing behind earlier groups, key lookup, limits and the log write."),
     (ENDPOINT_HEALTHY, "1 while active checks (if any) say the endpoint is healthy and past its failback hold, by cluster and endpoint."),
     (ENDPOINT_EJECTED, "1 while passive outlier detection has the endpoint ejected, by cluster and endpoint."),
     (FAILOVER_PRIORITY, "The most preferred priority taking traffic (0 = primary), -1 when failing fast, by cluster."),

@@ -27,7 +27,8 @@ use crate::telemetry::names;
 
 pub type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
 
-pub struct Append(pub Box<NewItem>, pub Arc<GraceLimits>, pub Reply);
+/// An append, with the time it was handed to the committer.
+pub struct Append(pub Box<NewItem>, pub Arc<GraceLimits>, pub Reply, pub Instant);
 
 /// Accepted items the applier has not yet written into the database. Readers look here
 /// first, then in the database: the applier removes an item only after its commit, so an item
@@ -79,6 +80,7 @@ impl Committer {
     /// Runs until every sender is dropped.
     pub fn run(mut self, mut rx: mpsc::Receiver<Append>) {
         let fsync = metrics::histogram!(names::GRACE_FSYNC_SECONDS);
+        let latency = metrics::histogram!(names::GRACE_COMMIT_SECONDS);
         // Set when the log could not be written: its state on disk is unknown from then on, so
         // nothing more is accepted until a restart replays what is there.
         let mut broken: Option<StoreError> = None;
@@ -92,20 +94,30 @@ impl Committer {
                 }
             }
             if let Some(e) = &broken {
-                batch.into_iter().for_each(|Append(_, _, r)| drop(r.send(Err(e.clone()))));
+                batch.into_iter().for_each(|Append(_, _, r, _)| drop(r.send(Err(e.clone()))));
                 continue;
             }
-            if let Err(e) = self.commit(batch, &fsync) {
+            if let Err(e) = self.commit(batch, &fsync, &latency) {
                 tracing::error!(error = %e, "grace log write failed; the journal accepts nothing more until restarted");
                 broken = Some(e);
             }
         }
     }
 
-    fn commit(&mut self, batch: Vec<Append>, fsync: &metrics::Histogram) -> Result<(), StoreError> {
+    fn commit(
+        &mut self,
+        batch: Vec<Append>,
+        fsync: &metrics::Histogram,
+        latency: &metrics::Histogram,
+    ) -> Result<(), StoreError> {
+        let enqueued: Vec<Instant> = batch.iter().map(|a| a.3).collect();
+        let answered = || {
+            let now = Instant::now();
+            enqueued.iter().for_each(|at| latency.record(now.duration_since(*at).as_secs_f64()));
+        };
         // Key lookups first, without the counters' lock (the database read may touch disk).
         let mut looked_up = Vec::with_capacity(batch.len());
-        for Append(item, limits, reply) in batch {
+        for Append(item, limits, reply, _) in batch {
             let known = self.known(&item.idem_key);
             looked_up.push((item, limits, reply, known));
         }
@@ -141,6 +153,7 @@ impl Committer {
         }
         if accepted.is_empty() {
             answers.into_iter().for_each(|(r, v)| drop(r.send(v)));
+            answered();
             return Ok(());
         }
         let records: Vec<Vec<u8>> = accepted.iter().map(|i| log::encode(i)).collect();
@@ -179,6 +192,7 @@ impl Committer {
             tracing::error!("the grace journal applier stopped; accepted items stay in the log until a restart");
         }
         answers.into_iter().for_each(|(r, v)| drop(r.send(v)));
+        answered();
         Ok(())
     }
 

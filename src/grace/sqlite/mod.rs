@@ -213,7 +213,10 @@ impl Store for SqliteStore {
             let sender = sender.ok_or_else(|| StoreError("the journal is closed".into()))?;
             let (reply, rx) = oneshot::channel();
             let stopped = || StoreError("the journal committer stopped".into());
-            sender.send(Append(Box::new(item), limits, reply)).await.map_err(|_| stopped())?;
+            sender
+                .send(Append(Box::new(item), limits, reply, std::time::Instant::now()))
+                .await
+                .map_err(|_| stopped())?;
             rx.await.map_err(|_| stopped())?
         })
     }

@@ -87,9 +87,12 @@ async fn forced_grace_cancel_resolve_status_and_audit() {
     assert_eq!(get(&sc.admin_url("/grace/reconciliation?date=22-11-2026")).await.status, 400);
 
     let metrics = get(&sc.admin_url("/metrics")).await.text();
-    for name in
-        ["lifeline_grace_fsync_seconds_bucket", "lifeline_grace_accepted_total", "lifeline_grace_forwarded_total"]
-    {
+    for name in [
+        "lifeline_grace_fsync_seconds_bucket",
+        "lifeline_grace_commit_seconds_bucket",
+        "lifeline_grace_accepted_total",
+        "lifeline_grace_forwarded_total",
+    ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     assert!(!metrics.contains("110101199003071234"));
