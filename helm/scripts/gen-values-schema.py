@@ -186,6 +186,7 @@ schema = {
                 "unavailableFor": PROM_DURATION,
                 "graceQueueDepth": integer(minimum=0),
                 "graceOldestAgeSeconds": integer(minimum=1),
+                "graceCommitP99Seconds": {"type": "number", "exclusiveMinimum": 0},
                 "notReadyFor": PROM_DURATION,
             }, ["enabled"]),
             "dashboard": obj({"enabled": BOOL, "labels": LABELS, "annotations": LABELS}, ["enabled"]),

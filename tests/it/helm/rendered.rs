@@ -111,6 +111,7 @@ fn alerts_and_dashboard_use_known_metric_names() {
         "LifelineGraceQueueDeep",
         "LifelineGraceOldestItemAged",
         "LifelineGraceNeedsReview",
+        "LifelineGraceCommitSlow",
         "LifelineConfigReloadFailed",
     ] {
         assert!(alerts.contains(&a), "alert {a} missing from {alerts:?}");
