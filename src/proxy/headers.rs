@@ -137,6 +137,13 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     new_request_id()
 }
 
+/// RFC 9110 §9.2.2: the methods whose request may be sent again without changing the outcome
+/// (the retry layer's and the upstream pool's one definition).
+pub fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
 /// A random 128-bit id in the UUID v4 text form.
 pub fn new_request_id() -> HeaderValue {
     // A per-thread xoshiro generator seeded from the OS: request ids must be unique, not secret.

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use tokio::net::TcpStream;
 
 use super::h1::{self, Conn, Failure};
@@ -137,7 +137,7 @@ impl ConnPool {
     /// before one byte of an answer, it is sent again, once, on a connection checked the careful
     /// way (RFC 9112 §9.3.1 allows this for idempotent requests).
     pub async fn send(self: &Arc<Self>, mut req: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
-        let mut blind = idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
+        let mut blind = crate::proxy::headers::idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
         loop {
             let (conn, reused) = match self.take_idle(!blind) {
                 Some(conn) => (conn, true),
@@ -159,9 +159,4 @@ impl ConnPool {
             }
         }
     }
-}
-
-/// RFC 9110 §9.2.2.
-fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }

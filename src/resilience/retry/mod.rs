@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Request, Response};
 use tokio::time::Instant;
 
 use self::body::Replay;
@@ -46,11 +46,6 @@ impl RetryPolicy {
     pub fn new(config: RetryConfig, budget: Arc<Budget>, cluster: &str, classifier: Classifier) -> Arc<Self> {
         let exhausted = metrics::counter!(names::RETRY_BUDGET_EXHAUSTED_TOTAL, "cluster" => cluster.to_string());
         Arc::new(RetryPolicy { config, budget, cluster: cluster.to_string(), classifier, exhausted })
-    }
-
-    /// RFC 9110 §9.2.2 idempotent methods.
-    fn idempotent(m: &Method) -> bool {
-        matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
     }
 
     /// How long to wait before another attempt, or `None` to give this result to the caller.
@@ -102,7 +97,8 @@ impl RetryPolicy {
     {
         self.budget.deposit();
         let (parts, body) = req.into_parts();
-        let resend_safe = (Self::idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY))
+        let resend_safe = (crate::proxy::headers::idempotent(&parts.method)
+            || parts.headers.contains_key(&IDEMPOTENCY_KEY))
             && parts.extensions.get::<crate::proxy::stack::ResendOnlyIfNotSent>().is_none();
         let mut replay = if self.config.attempts > 1 {
             Replay::prepare(body, &parts.headers, self.config.max_replay_body).await?
