@@ -17,6 +17,10 @@ pub enum Outcome {
     Failure(FailureKind),
     /// The request never left Lifeline; replaying it cannot cause a duplicate.
     NotSent(ErrorKind),
+    /// The caller's side failed mid-request (its body broke off or ran over `max_body`): the
+    /// request may be half sent, so it is not replayed, and the upstream is neither credited
+    /// nor blamed (a client that aborts uploads must not eject a healthy endpoint).
+    Client(ErrorKind),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +47,7 @@ impl Outcome {
             Outcome::Failure(FailureKind::Timeout) => "timeout",
             Outcome::Failure(FailureKind::Reset) => "reset",
             Outcome::NotSent(_) => "not_sent",
+            Outcome::Client(_) => "client",
         }
     }
 }
@@ -77,6 +82,7 @@ impl Classifier {
 pub fn classify_error(err: &BoxError) -> Outcome {
     match LifelineError::find(err.as_ref()) {
         Some(le) if le.kind.not_sent() => Outcome::NotSent(le.kind),
+        Some(le) if matches!(le.kind, ErrorKind::ClientAborted | ErrorKind::BodyTooLarge) => Outcome::Client(le.kind),
         Some(le) if matches!(le.kind, ErrorKind::UpstreamTimeout | ErrorKind::DeadlineExceeded) => {
             Outcome::Failure(FailureKind::Timeout)
         }
@@ -111,5 +117,9 @@ mod tests {
         assert_eq!(classify_error(&e), Outcome::Failure(FailureKind::Timeout));
         let e: BoxError = "broken pipe".into();
         assert_eq!(classify_error(&e), Outcome::Failure(FailureKind::Reset));
+        let e = LifelineError::new(ErrorKind::ClientAborted, "caller went away").boxed();
+        assert_eq!(classify_error(&e), Outcome::Client(ErrorKind::ClientAborted));
+        let e = LifelineError::new(ErrorKind::BodyTooLarge, "too big").boxed();
+        assert_eq!(classify_error(&e), Outcome::Client(ErrorKind::BodyTooLarge));
     }
 }

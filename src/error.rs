@@ -48,6 +48,9 @@ pub enum ErrorKind {
     GraceLimitExceeded,
     /// Lifeline itself failed (journal I/O, a bug). Never the caller's fault.
     Internal,
+    /// The caller's request body failed while it was being forwarded: the caller went away or
+    /// broke its framing. Says nothing about the upstream.
+    ClientAborted,
 }
 
 impl ErrorKind {
@@ -71,6 +74,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyInFlight => "idempotency_key_in_flight",
             ErrorKind::GraceLimitExceeded => "grace_limit_exceeded",
             ErrorKind::Internal => "internal_error",
+            ErrorKind::ClientAborted => "client_aborted",
         }
     }
 
@@ -79,7 +83,7 @@ impl ErrorKind {
         use http::StatusCode as S;
         match self {
             ErrorKind::NoRoute => S::NOT_FOUND,
-            ErrorKind::BadRequest | ErrorKind::IdempotencyKeyMissing => S::BAD_REQUEST,
+            ErrorKind::BadRequest | ErrorKind::IdempotencyKeyMissing | ErrorKind::ClientAborted => S::BAD_REQUEST,
             ErrorKind::BodyTooLarge => S::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::ConnectFailed

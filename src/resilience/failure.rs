@@ -73,7 +73,7 @@ impl FailureSet {
             Outcome::Failure(FailureKind::Reset) => self.reset,
             Outcome::NotSent(ErrorKind::ConnectFailed | ErrorKind::NoHealthyEndpoint) => self.connect_error,
             // Our own refusals (breaker open, overloaded) say nothing about the backend.
-            Outcome::NotSent(_) => false,
+            Outcome::NotSent(_) | Outcome::Client(_) => false,
         }
     }
 

@@ -237,11 +237,13 @@ impl Endpoint {
                 self.not_sent.increment(1);
                 return;
             }
+            // The caller's body failed: says nothing about the endpoint either.
+            Outcome::Client(_) => return,
         };
         s.window.record(!fail);
         match outcome {
             Outcome::Success => self.success.increment(1),
-            Outcome::NotSent(_) => self.not_sent.increment(1),
+            Outcome::NotSent(_) | Outcome::Client(_) => self.not_sent.increment(1),
             Outcome::Failure(_) => self.failure.increment(1),
         }
         if !fail {

@@ -68,6 +68,11 @@ pub enum Failure {
     /// The exchange failed after the request (or part of it) was written: it may have reached
     /// the backend.
     Exchange(String),
+    /// The caller's request body failed while it was being forwarded (the caller went away,
+    /// broke its chunked framing, sent more than `max_body` or less than its `Content-Length`).
+    /// Part of the request may have reached the backend, but nothing here is the backend's
+    /// fault: the connection is dropped and the endpoint's health is left alone.
+    Body(BoxError),
     /// Sent with `resend` (idempotent, no body, on a kept-alive connection), and the connection
     /// closed or reset before one byte of an answer: the backend had closed it while it sat idle
     /// (RFC 9112 §9.3.1). The request comes back to go out on another connection.
@@ -169,7 +174,7 @@ pub async fn exchange<R: Release>(
         let mut sent = 0u64;
         let mut trailers = None;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Failure::Exchange(format!("reading the request body: {e}")))?;
+            let frame = frame.map_err(Failure::Body)?;
             let frame = match frame.into_data() {
                 Ok(data) => {
                     sent += data.len() as u64;
@@ -222,7 +227,8 @@ pub async fn exchange<R: Release>(
                 conn.out.extend_from_slice(b"\r\n");
             }
             ReqBody::Length(n) if n != sent => {
-                return Err(Failure::Exchange(format!("the request body was {sent} bytes, not the {n} announced")));
+                let short = format!("the request body was {sent} bytes, not the {n} announced");
+                return Err(Failure::Body(short.into()));
             }
             ReqBody::Length(_) => {}
         }

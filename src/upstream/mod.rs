@@ -219,6 +219,18 @@ impl Cluster {
                 unsent: req,
             },
             pool::SendError::Exchange(cause) => fail(ErrorKind::UpstreamReset, "request failed on", cause).into(),
+            // Over `max_body` keeps its own kind (413); anything else on the caller's side is
+            // `client_aborted`. Neither counts against the endpoint (`classify`).
+            pool::SendError::Body(e) => match LifelineError::find(e.as_ref()) {
+                Some(le) if le.kind == ErrorKind::BodyTooLarge => e.into(),
+                _ => LifelineError::new(
+                    ErrorKind::ClientAborted,
+                    format!("the caller's request body failed while it was sent to {}: {e}", endpoint.key),
+                )
+                .with_cluster(&self.config.name)
+                .boxed()
+                .into(),
+            },
         })
     }
 

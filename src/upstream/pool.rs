@@ -48,6 +48,8 @@ pub enum SendError {
     NotSent(String, Option<Box<Request<ProxyBody>>>),
     /// The connection failed during the exchange (the request may have reached the endpoint).
     Exchange(String),
+    /// The caller's request body failed mid-send ([`h1::Failure::Body`]): not the endpoint's fault.
+    Body(crate::error::BoxError),
 }
 
 /// The idle connections of one endpoint.
@@ -156,6 +158,7 @@ impl ConnPool {
                 Err(Failure::NotSent(_, Some(back))) if reused => req = *back,
                 Err(Failure::NotSent(e, back)) => return Err(SendError::NotSent(e.to_string(), back)),
                 Err(Failure::Exchange(why)) => return Err(SendError::Exchange(why)),
+                Err(Failure::Body(e)) => return Err(SendError::Body(e)),
             }
         }
     }

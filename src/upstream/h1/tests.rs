@@ -72,6 +72,7 @@ fn failure_text(f: Failure) -> String {
         Failure::NotSent(e, _) => format!("not sent: {e}"),
         Failure::Exchange(why) => why,
         Failure::Stale(why, _) => format!("stale: {why}"),
+        Failure::Body(e) => format!("body: {e}"),
     }
 }
 

@@ -137,3 +137,51 @@ async fn the_last_usable_endpoint_is_never_ejected() {
     assert_eq!(skipped.len(), 1, "logged once per streak: {skipped:#?}");
     assert!(skipped[0]["message"].as_str().unwrap().contains("no other endpoint is usable"));
 }
+
+/// Callers that break off their uploads, or stream more than the route's `max_body`, get an
+/// answer of their own (400 `client_aborted`, 413 `body_too_large`) and count against nothing:
+/// with thresholds of two, the endpoint is not ejected, the breaker stays closed, and the next
+/// request reaches it. Before, each counted as a reset of the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_body_failures_do_not_count_against_the_endpoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ep = Killable::start("primary").await;
+    let policy = "outlier: { consecutive_gateway_failures: 2, consecutive_5xx: 2, base_ejection: 30s }\n\
+                  breaker: { consecutive_failures: 2, open_for: 30s }";
+    let yaml = yaml(&[(ep.addr, 0)], policy)
+        .replace("{ name: all, cluster: pay }", "{ name: all, cluster: pay, max_body: 1024 }");
+    let sc = Sidecar::start(&yaml).await;
+    let head = "POST /payment/v1/settlements HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n";
+    for _ in 0..4 {
+        // One chunk, then the caller goes away mid-body.
+        let mut s = tokio::net::TcpStream::connect(sc.app.proxy_addr).await.unwrap();
+        s.write_all(format!("{head}10\r\n0123456789abcdef\r\n").as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(s);
+    }
+    for _ in 0..4 {
+        // 3 000 bytes in three chunks against a 1 024-byte limit (no Content-Length to refuse early).
+        let mut s = tokio::net::TcpStream::connect(sc.app.proxy_addr).await.unwrap();
+        let chunk = format!("3e8\r\n{}\r\n", "x".repeat(1000));
+        s.write_all(format!("{head}{chunk}").as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = s.write_all(format!("{chunk}{chunk}0\r\n\r\n").as_bytes()).await;
+        let mut out = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut out)).await.unwrap().unwrap_or(0);
+        let out = String::from_utf8_lossy(&out[..n]);
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+        assert!(out.contains("body_too_large"), "{out}");
+    }
+    // Give the aborted exchanges time to be recorded, then look.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let p = endpoint_state(&sc, ep.addr).await;
+    assert!(p["ejection"].is_null(), "a healthy endpoint was ejected for its callers' bodies: {p}");
+    assert!(events_of(&sc, "ejected").await.is_empty());
+    let breakers = get(&sc.admin_url("/breakers")).await.json();
+    let pay = breakers["breakers"].as_array().unwrap().iter().find(|b| b["name"] == "pay").cloned().unwrap();
+    assert_eq!(pay["state"], "closed", "{pay}");
+    let after = burst(&sc.url("/payment/v1/settlements"), 5, 1, true).await;
+    assert_eq!(after.get("primary"), 5, "{after:?}");
+    let metrics = get(&sc.admin_url("/metrics")).await.text();
+    assert!(metrics.contains("outcome=\"client_aborted\""), "client aborts are counted as such");
+}
