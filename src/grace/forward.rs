@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 
@@ -124,6 +124,9 @@ async fn classify(
     retry_after: Option<Duration>,
     body: String,
 ) -> Signal {
+    // A backend's `Retry-After` is honoured up to `forward.max_backoff`: a maintenance page
+    // saying "a day", or an HTTP-date from a clock far ahead, must not halt replay that long.
+    let retry_after = retry_after.map(|d| d.min(engine.policy().forward.max_backoff));
     let after = Some(backoff(engine, item).max(retry_after.unwrap_or_default()));
     if status.is_success() {
         finish(engine, item, State::Forwarding, State::Settled, status, body, "").await;
@@ -174,12 +177,7 @@ fn call(
         match fut.await {
             Ok(resp) => {
                 let status = resp.status();
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                let retry_after = crate::resilience::retry::backoff::retry_after(resp.headers());
                 let body = read_body(resp.into_body()).await;
                 Answer::Status(status, retry_after, body)
             }

@@ -19,10 +19,17 @@ pub fn full_jitter(base: Duration, max: Duration, retry: u32) -> Duration {
     Duration::from_nanos(rand::random_range(0..=nanos))
 }
 
-/// The upstream's `Retry-After` in delay-seconds form (an HTTP date is ignored: clocks differ).
+/// The upstream's `Retry-After` (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date turned
+/// into the wait from now on this host's clock (a date already past is no wait). Clocks can
+/// differ; callers cap what they honour (`retry_after_max`), so a backend clock far ahead
+/// costs a refused retry, not a stuck request. Anything else is ignored.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    v.parse::<u64>().ok().map(Duration::from_secs)
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -41,11 +48,21 @@ mod tests {
     }
 
     #[test]
-    fn parses_delay_seconds_only() {
+    fn parses_delay_seconds_and_http_dates() {
         let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
         h.insert(RETRY_AFTER, "3".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
         h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after(&h), Some(Duration::ZERO), "a date in the past: no wait");
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        h.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
+        let wait = retry_after(&h).expect("an HTTP-date is honoured");
+        // Whole seconds on the wire: 119..=120 s from now.
+        assert!(wait > Duration::from_secs(118) && wait <= Duration::from_secs(120), "{wait:?}");
+        for junk in ["soon", "-1", "1.5", ""] {
+            h.insert(RETRY_AFTER, junk.parse().unwrap());
+            assert_eq!(retry_after(&h), None, "{junk:?}");
+        }
     }
 }
