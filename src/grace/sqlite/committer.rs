@@ -57,12 +57,31 @@ impl Pending {
         self.by_key.insert(item.idem_key.clone(), item.clone());
     }
 
-    /// Called by the applier once `items` are committed to the database.
-    pub fn applied(&mut self, items: &[Arc<Item>]) {
+    /// Called by the applier once `items` are committed to the database. Returns what it
+    /// removed, for the caller to drop once the lock is released.
+    pub fn applied(&mut self, items: &[Arc<Item>]) -> Vec<Arc<Item>> {
+        let mut removed = Vec::with_capacity(items.len());
         for item in items {
-            self.by_key.remove(&item.idem_key);
+            removed.extend(self.by_key.remove(&item.idem_key));
             self.key_of_receipt.remove(&item.receipt_id);
         }
+        removed
+    }
+}
+
+/// Takes items the database now holds out of `pending` a slice at a time. The committer looks
+/// every key up in it under the same lock, and the applier took a whole quarter second of
+/// items out at once (5 000 at 20 000 appends/s, a millisecond or two of hashing and freeing);
+/// now a key lookup waits for one slice at most, unless the applier is preempted while it
+/// holds the lock (a probe still saw waits of a few ms). The items are freed after each
+/// slice's lock is released.
+pub fn forget_applied(pending: &Mutex<Pending>, items: &[Arc<Item>]) {
+    for chunk in items.chunks(256) {
+        let removed = match pending.lock() {
+            Ok(mut p) => p.applied(chunk),
+            Err(_) => return,
+        };
+        drop(removed);
     }
 }
 

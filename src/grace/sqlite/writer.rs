@@ -294,9 +294,7 @@ impl Applier {
                     c.apply(moves);
                 }
                 done.into_iter().for_each(send);
-                if let Ok(mut p) = self.pending.lock() {
-                    applies.iter().for_each(|a| p.applied(&a.items));
-                }
+                applies.iter().for_each(|a| super::committer::forget_applied(&self.pending, &a.items));
                 self.after_commit(full, &applies);
                 true
             }
