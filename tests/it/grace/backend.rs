@@ -25,6 +25,8 @@ pub const REFUSE_503: u8 = 1;
 pub const SLOW: u8 = 2;
 /// Processes, then answers after 80 ms (within the timeout): many forwards are in flight at once.
 pub const LAGGY: u8 = 3;
+/// 503 without processing, with `Retry-After` an HTTP-date a day ahead (a maintenance page).
+pub const REFUSE_503_FOR_A_DAY: u8 = 4;
 
 #[derive(Default)]
 pub struct Ledger {
@@ -187,6 +189,12 @@ async fn handle(
     let m = mode.load(Ordering::SeqCst);
     if m == REFUSE_503 {
         return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "maintenance"}));
+    }
+    if m == REFUSE_503_FOR_A_DAY {
+        let mut r = json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "maintenance"}));
+        let tomorrow = std::time::SystemTime::now() + Duration::from_secs(86_400);
+        r.headers_mut().insert("retry-after", httpdate::fmt_http_date(tomorrow).parse().unwrap());
+        return r;
     }
     let bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();

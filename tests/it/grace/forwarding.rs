@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::backend::{PayBackend, REFUSE_503, SLOW, UP};
+use super::backend::{PayBackend, REFUSE_503, REFUSE_503_FOR_A_DAY, SLOW, UP};
 use super::*;
 use crate::support::{eventually, get, Sidecar};
 
@@ -14,6 +14,33 @@ async fn all_settled(db: &std::path::Path, n: i64, within: Duration) -> bool {
             == n
     })
     .await
+}
+
+/// A backend in maintenance answers 503 with `Retry-After` a day ahead (an HTTP-date): replay
+/// pauses, but no longer than `forward.max_backoff`, so the item settles soon after the backend
+/// is back rather than tomorrow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_of_a_day_pauses_replay_no_longer_than_max_backoff() {
+    let backend = PayBackend::down_at_start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("g.db");
+    let sc = Sidecar::start(&yaml(backend.addr, &db, ROOMY, FAST, "")).await;
+    let r = settle(&sc.url(""), "maint-1", &settlement("110101199003070011", 120, "H1"), &[]).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    backend.set_mode(REFUSE_503_FOR_A_DAY);
+    backend.up().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { backend.posts.load(std::sync::atomic::Ordering::SeqCst) >= 1 })
+            .await,
+        "the forwarder never reached the backend"
+    );
+    backend.set_mode(UP);
+    let back = Instant::now();
+    // FAST has max_backoff 200ms and probe_interval 100ms: the pause is at most ~250 ms plus
+    // the forwarder's own pacing; a day's pause would never settle here.
+    assert!(all_settled(&db, 1, Duration::from_secs(5)).await, "{:?}", journal_states(&db));
+    assert_eq!(backend.charges()["maint-1"], 1);
+    println!("[retry-after a day] settled {:?} after the backend came back", back.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
