@@ -243,8 +243,10 @@ impl Endpoint {
         s.window.record(!fail);
         match outcome {
             Outcome::Success => self.success.increment(1),
-            Outcome::NotSent(_) | Outcome::Client(_) => self.not_sent.increment(1),
+            Outcome::NotSent(_) => self.not_sent.increment(1),
             Outcome::Failure(_) => self.failure.increment(1),
+            // Returned above: a caller's failure is not counted for the endpoint at all.
+            Outcome::Client(_) => {}
         }
         if !fail {
             s.successes.fetch_add(1, Ordering::Relaxed);
