@@ -186,11 +186,10 @@ impl App {
         let serving = workers.spawn_each(|i| {
             let listener = shared_listener.try_clone();
             let proxy = Arc::new(Proxy::new(state.runtime.clone(), state.draining.clone(), access_log.clone()));
-            let handler = move |req, peer| proxy.clone().handle(req, peer);
             let (rx, seat) = (proxy_rx.clone(), balance.seat(i));
             async move {
                 match listener.and_then(TcpListener::from_std) {
-                    Ok(l) => server::serve_shared(l, handler, limits, stopped(rx), grace, "proxy", Some(seat)).await,
+                    Ok(l) => server::serve_proxy(l, proxy, limits, stopped(rx), grace, Some(seat)).await,
                     Err(e) => tracing::error!(worker = i, error = %e, "worker cannot serve the proxy listener"),
                 }
             }

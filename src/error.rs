@@ -22,6 +22,8 @@ pub enum ErrorKind {
     BodyTooLarge,
     /// The request headers exceeded `limits.max_header_bytes`.
     HeadersTooLarge,
+    /// The caller started a request and did not finish its head in time.
+    RequestTimeout,
     /// The TCP connection to the endpoint could not be established (the request was not sent).
     ConnectFailed,
     /// The endpoint did not answer within the per-attempt or overall timeout.
@@ -61,6 +63,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::BodyTooLarge => "body_too_large",
             ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::ConnectFailed => "upstream_connect_failed",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
@@ -86,6 +89,7 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::IdempotencyKeyMissing | ErrorKind::ClientAborted => S::BAD_REQUEST,
             ErrorKind::BodyTooLarge => S::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::RequestTimeout => S::REQUEST_TIMEOUT,
             ErrorKind::ConnectFailed
             | ErrorKind::CircuitOpen
             | ErrorKind::Overloaded

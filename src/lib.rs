@@ -38,6 +38,7 @@ pub mod classify;
 pub mod config;
 pub mod error;
 pub mod grace;
+pub mod http1;
 pub mod load;
 pub mod proxy;
 pub mod resilience;

@@ -11,14 +11,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use rand::Rng;
 
 use super::fault::FaultKind;
 use super::registry::Faults;
 use super::throttle::Throttled;
 use crate::error::{ErrorKind, LifelineError};
-use crate::proxy::body::{self, ProxyBody};
+use crate::proxy::body::{self, ProxyBody, ProxyRequest};
 use crate::telemetry::names;
 use crate::upstream::{Cluster, Endpoint, SendFailure};
 
@@ -102,7 +102,7 @@ pub async fn send(
     cluster: &Cluster,
     route: Option<&str>,
     endpoint: &Endpoint,
-    req: Request<ProxyBody>,
+    req: ProxyRequest,
 ) -> Result<Response<ProxyBody>, SendFailure> {
     if faults.is_empty() {
         return cluster.send(endpoint, req).await;
@@ -129,7 +129,7 @@ pub async fn send(
         Some((id, Terminal::Refuse)) => {
             // Like a real refusal: nothing was sent, so the request comes back.
             let error = fail(ErrorKind::ConnectFailed, &id, "connection refused").boxed();
-            Err(SendFailure { error, unsent: Some(Box::new(req)) })
+            Err(SendFailure { error, unsent: Some(req) })
         }
         Some((_, Terminal::Blackhole)) => {
             drop(req);

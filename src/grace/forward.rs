@@ -172,7 +172,7 @@ fn call(
     h.insert(crate::proxy::headers::X_REQUEST_ID.clone(), crate::proxy::headers::new_request_id());
     // A forward that may have reached the backend is resolved by query, not resent by retry.
     req.extensions_mut().insert(crate::proxy::stack::ResendOnlyIfNotSent);
-    let fut = super::layer::call(target.service.clone(), req);
+    let fut = super::layer::call(target.service.clone(), Box::new(req));
     Box::pin(async move {
         match fut.await {
             Ok(resp) => {

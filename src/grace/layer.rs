@@ -23,7 +23,7 @@ use super::receipt;
 use super::request::{self, Settlement};
 use super::store::{AppendOutcome, Item, State};
 use crate::error::{BoxError, ErrorKind, LifelineError};
-use crate::proxy::body::{full, ProxyBody};
+use crate::proxy::body::{full, ProxyBody, ProxyRequest};
 use crate::proxy::stack::HttpService;
 use crate::telemetry::names;
 
@@ -44,13 +44,13 @@ impl GraceService {
 type Fut = crate::resilience::BoxFuture<'static>;
 
 impl crate::proxy::stack::Route for GraceService {
-    fn call(&self, req: Request<ProxyBody>) -> crate::resilience::BoxFuture<'_> {
+    fn call(&self, req: ProxyRequest) -> crate::resilience::BoxFuture<'_> {
         handle(self.engine.clone(), self.inner.clone(), self.route.clone(), req)
     }
 }
 
 /// Drives the inner path.
-pub(crate) fn call(svc: HttpService, req: Request<ProxyBody>) -> Fut {
+pub(crate) fn call(svc: HttpService, req: ProxyRequest) -> Fut {
     svc.call_owned(req)
 }
 
@@ -61,9 +61,9 @@ enum Trigger {
     Ambiguous(ErrorKind, BoxError),
 }
 
-fn handle(engine: Arc<Engine>, inner: HttpService, route: Arc<str>, req: Request<ProxyBody>) -> Fut {
+fn handle(engine: Arc<Engine>, inner: HttpService, route: Arc<str>, req: ProxyRequest) -> Fut {
     Box::pin(async move {
-        let (parts, body) = req.into_parts();
+        let (parts, body) = (*req).into_parts();
         let key = request::idempotency_key(&parts.headers)?;
         let require_online = request::require_online(&parts.headers)?;
         let bytes = body.collect().await?.to_bytes();
@@ -80,7 +80,7 @@ fn handle(engine: Arc<Engine>, inner: HttpService, route: Arc<str>, req: Request
             Trigger::Forced
         } else {
             engine.pacer.note_live();
-            let online = Request::from_parts(parts.clone(), full(bytes.clone()));
+            let online = Box::new(Request::from_parts(parts.clone(), full(bytes.clone())));
             match inner.call(online).await {
                 Ok(resp) => return Ok(resp),
                 Err(err) => {

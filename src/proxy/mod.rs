@@ -5,6 +5,7 @@
 //! into an answer through [`respond`], and records the access log line and metrics.
 
 pub mod body;
+pub mod h1;
 pub mod headers;
 pub mod respond;
 pub mod route;
@@ -12,7 +13,6 @@ pub mod server;
 pub mod stack;
 pub mod workers;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -21,7 +21,6 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::error::{ErrorKind, LifelineError};
 use crate::runtime::{RouteEntry, Runtime};
@@ -41,11 +40,7 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: every error is an answer.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn handle(&self, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
         let received = Instant::now();
         let _in_flight = InFlight::enter();
         let rt = self.runtime.load_full();
@@ -88,7 +83,17 @@ impl Proxy {
                 peer = %peer.ip(),
             );
         }
-        Ok(resp)
+        resp
+    }
+}
+
+impl h1::Handler for Proxy {
+    fn call(
+        &self,
+        req: Request<ProxyBody>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send {
+        self.handle(req, peer)
     }
 }
 
@@ -173,7 +178,7 @@ fn check_request<'a>(
 async fn forward(
     route: &RouteEntry,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: ProxyBody,
     peer: SocketAddr,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
@@ -186,7 +191,7 @@ async fn forward(
         (body::boxed(body::Limited::new(body, route.config.max_body, exceeded.clone())), Some(exceeded))
     };
     prepare_upstream(&mut parts, peer, request_id);
-    let req = Request::from_parts(parts, body);
+    let req = Box::new(Request::from_parts(parts, body));
     match route.service.call(req).await {
         Ok(mut resp) => {
             headers::strip_hop_by_hop(resp.headers_mut());

@@ -19,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::body::ProxyBody;
+use super::h1;
 use super::workers::Seat;
 
 /// How long a worker over its share of connections lets the others accept first.
@@ -113,5 +114,64 @@ pub async fn serve_shared<H, F>(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!(listener = name, "all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(listener = name, "grace period over with connections still open"),
+    }
+}
+
+/// Serves the proxy listener (one worker's share of it): HTTP/1.1 with the server connection
+/// of our own ([`h1`]), h2c handed to hyper from there. Shutdown as in [`serve_shared`]: when
+/// `stop` completes no more connections are taken, idle ones close at once, busy ones after
+/// their answer, and this returns when all are gone or `grace` has passed.
+pub async fn serve_proxy<H: h1::Handler>(
+    listener: TcpListener,
+    handler: std::sync::Arc<H>,
+    limits: ConnLimits,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
+    seat: Option<Seat>,
+) {
+    let limits = h1::Limits {
+        max_head: limits.max_buf_size,
+        max_header_list_size: limits.max_header_list_size,
+        head_timeout: h1::Limits::HEAD_TIMEOUT,
+    };
+    let stopping = std::sync::Arc::new(h1::Stop::default());
+    // Every connection holds a receiver; `closed` resolves when the last one is gone.
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    tokio::pin!(stop);
+    loop {
+        if seat.as_ref().is_some_and(Seat::over_share) {
+            tokio::select! {
+                () = tokio::time::sleep(DEFER) => {}
+                () = &mut stop => break,
+            }
+        }
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        tracing::warn!(listener = "proxy", error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let (handler, stopping, held) = (handler.clone(), stopping.clone(), open_rx.clone());
+                let open = seat.as_ref().map(Seat::opened);
+                tokio::spawn(async move {
+                    h1::serve(stream, peer, handler, limits, stopping).await;
+                    drop((held, open));
+                });
+            }
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(listener = "proxy", "stopped accepting; draining connections");
+    stopping.trigger();
+    drop(open_rx);
+    tokio::select! {
+        () = open_tx.closed() => tracing::info!(listener = "proxy", "all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!(listener = "proxy", "grace period over with connections still open"),
     }
 }

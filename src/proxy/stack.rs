@@ -26,7 +26,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use smallvec::SmallVec;
 
-use super::body::ProxyBody;
+use super::body::{ProxyBody, ProxyRequest};
 use crate::chaos::Faults;
 use crate::config::RouteConfig;
 use crate::error::BoxError;
@@ -43,7 +43,7 @@ pub use crate::upstream::ClusterService;
 /// borrows the route (the caller holds the runtime snapshot the route lives in), so a request
 /// does not touch a reference count that every worker shares.
 pub trait Route: Send + Sync + 'static {
-    fn call(&self, req: Request<ProxyBody>) -> BoxFuture<'_>;
+    fn call(&self, req: ProxyRequest) -> BoxFuture<'_>;
 }
 
 /// The service every route resolves to (cheap to clone). It is also a `tower::Service`, so
@@ -57,12 +57,12 @@ impl HttpService {
     }
 
     /// Starts one request down the route's path.
-    pub fn call(&self, req: Request<ProxyBody>) -> BoxFuture<'_> {
+    pub fn call(&self, req: ProxyRequest) -> BoxFuture<'_> {
         self.0.call(req)
     }
 
     /// [`HttpService::call`] with a future that owns its route (for spawned work).
-    pub fn call_owned(&self, req: Request<ProxyBody>) -> BoxFuture<'static> {
+    pub fn call_owned(&self, req: ProxyRequest) -> BoxFuture<'static> {
         let route = self.0.clone();
         Box::pin(async move { route.call(req).await })
     }
@@ -79,7 +79,7 @@ impl tower::Service<Request<ProxyBody>> for HttpService {
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> BoxFuture<'static> {
-        self.call_owned(req)
+        self.call_owned(Box::new(req))
     }
 }
 
@@ -135,11 +135,11 @@ pub struct RoutePath {
 }
 
 impl RoutePath {
-    async fn serve(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, BoxError> {
+    async fn serve(&self, req: ProxyRequest) -> Result<Response<ProxyBody>, BoxError> {
         deadline::within(self.timeout, &self.cluster, req, |req, d| self.attempts(req, d)).await
     }
 
-    async fn attempts(&self, req: Request<ProxyBody>, d: Deadline) -> Result<Response<ProxyBody>, BoxError> {
+    async fn attempts(&self, req: ProxyRequest, d: Deadline) -> Result<Response<ProxyBody>, BoxError> {
         match &self.retry {
             Some(retry) => {
                 let tried = TriedEndpoints::default();
@@ -154,7 +154,7 @@ impl RoutePath {
     /// full bulkhead never builds it.
     async fn attempt(
         &self,
-        req: Request<ProxyBody>,
+        req: ProxyRequest,
         d: Deadline,
         tried: Option<&TriedEndpoints>,
     ) -> Result<Response<ProxyBody>, BoxError> {
@@ -166,7 +166,7 @@ impl RoutePath {
 
     async fn limited(
         &self,
-        req: Request<ProxyBody>,
+        req: ProxyRequest,
         d: Deadline,
         tried: Option<&TriedEndpoints>,
     ) -> Result<Response<ProxyBody>, BoxError> {
@@ -179,7 +179,7 @@ impl RoutePath {
 }
 
 impl Route for RoutePath {
-    fn call(&self, req: Request<ProxyBody>) -> BoxFuture<'_> {
+    fn call(&self, req: ProxyRequest) -> BoxFuture<'_> {
         Box::pin(self.serve(req))
     }
 }

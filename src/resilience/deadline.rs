@@ -12,11 +12,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Response};
 use tokio::time::Instant;
 
 use crate::error::{BoxError, ErrorKind, LifelineError};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{ProxyBody, ProxyRequest};
 use crate::proxy::headers::X_LIFELINE_TIMEOUT_MS;
 
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -73,11 +73,11 @@ fn incoming_budget(headers: &HeaderMap) -> Result<Option<(Duration, bool)>, Life
 pub async fn within<F, Fut>(
     timeout: Duration,
     cluster: &str,
-    req: Request<ProxyBody>,
+    req: ProxyRequest,
     inner: F,
 ) -> Result<Response<ProxyBody>, BoxError>
 where
-    F: FnOnce(Request<ProxyBody>, Deadline) -> Fut,
+    F: FnOnce(ProxyRequest, Deadline) -> Fut,
     Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
 {
     let (budget, grpc, from_caller) = match incoming_budget(req.headers()) {
@@ -108,11 +108,11 @@ pub async fn attempt<F, Fut>(
     per_try: Option<Duration>,
     cluster: &str,
     deadline: Deadline,
-    mut req: Request<ProxyBody>,
+    mut req: ProxyRequest,
     send: F,
 ) -> Result<Response<ProxyBody>, BoxError>
 where
-    F: FnOnce(Request<ProxyBody>) -> Fut,
+    F: FnOnce(ProxyRequest) -> Fut,
     Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
 {
     let left = deadline.at.saturating_duration_since(Instant::now());

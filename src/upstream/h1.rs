@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -31,14 +31,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::error::BoxError;
-use crate::proxy::body::ProxyBody;
+use crate::http1::{self, itoa_u64, put_header, Chunk, Framing, Step, MAX_HEADERS};
+use crate::proxy::body::{ProxyBody, ProxyRequest};
 
-/// Most response headers accepted (hyper's default too).
-const MAX_HEADERS: usize = 100;
+/// Room left in a parsed header map for what the proxy adds (the request id, the attempt
+/// count, a Date): a map built to the exact size grows, reallocating, on the first insert.
+pub const ADDED_HEADERS: usize = 4;
 /// Largest response head (and chunk trailer section) accepted.
 const MAX_HEAD: usize = 256 << 10;
-/// Longest chunk-size line (size and extensions).
-const MAX_CHUNK_LINE: usize = 4 << 10;
 /// First read size of a connection; reads grow up to [`MAX_READ`] while they fill the buffer.
 const MIN_READ: usize = 4 << 10;
 const MAX_READ: usize = 64 << 10;
@@ -155,16 +155,16 @@ impl Conn {
 /// connection that turns out closed hands it back ([`Failure::Stale`]).
 pub async fn exchange<R: Release>(
     mut conn: Conn,
-    req: Request<ProxyBody>,
+    mut req: ProxyRequest,
     home: Arc<R>,
     resend: bool,
 ) -> Result<Response<ProxyBody>, Failure> {
     let head_only = req.method() == Method::HEAD;
-    let (parts, mut body) = req.into_parts();
+    let mut body = std::mem::replace(req.body_mut(), crate::proxy::body::empty());
     let resend = resend && body.is_end_stream();
-    let framing = encode_head(&mut conn.out, &parts, &body);
+    let framing = encode_head(&mut conn.out, &req, &body);
     // Kept until the first byte is out, so a request that never left can be handed back.
-    let mut unsent = Some(Unsent { parts, held: None, whole: true });
+    let mut unsent = Some(Unsent { req, held: None, whole: true });
     let mut written = 0u64;
     if body.is_end_stream() {
         if let Err(e) = conn.flush_out(&mut written).await {
@@ -236,14 +236,15 @@ pub async fn exchange<R: Release>(
             return Err(failed(written, e, unsent, body));
         }
     }
-    let back = if resend { unsent.take().map(|u| u.parts) } else { None };
+    let back = if resend { unsent.take().map(|u| u.req) } else { None };
     drop((unsent, body));
     read_response(conn, head_only, home, back).await
 }
 
 /// What a request that has not been written yet needs to be rebuilt.
 struct Unsent {
-    parts: http::request::Parts,
+    /// The request, its body taken out.
+    req: ProxyRequest,
     /// The body frame taken but not yet written (at most one: each is written before the next
     /// is taken, except the last).
     held: Option<Bytes>,
@@ -262,7 +263,9 @@ fn failed(written: u64, e: io::Error, unsent: Option<Unsent>, body: ProxyBody) -
             Some(first) => crate::proxy::body::boxed(Prepended { first: Some(first), rest: body }),
             None => body,
         };
-        Box::new(Request::from_parts(u.parts, body))
+        let mut req = u.req;
+        *req.body_mut() = body;
+        req
     });
     Failure::NotSent(e, back)
 }
@@ -308,13 +311,13 @@ enum ReqBody {
 
 /// Encodes the request line and headers; `Content-Length` and `Transfer-Encoding` are written
 /// from the body as it is, never copied from the incoming request.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &ProxyBody) -> ReqBody {
+fn encode_head(out: &mut Vec<u8>, req: &Request<ProxyBody>, body: &ProxyBody) -> ReqBody {
     out.clear();
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers() {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
@@ -328,9 +331,9 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &ProxyBody
     match framing {
         ReqBody::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         ReqBody::Length(0)
-            if !parts.headers.contains_key(CONTENT_LENGTH)
+            if !req.headers().contains_key(CONTENT_LENGTH)
                 && matches!(
-                    parts.method,
+                    *req.method(),
                     Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
                 ) => {}
         ReqBody::Length(n) => {
@@ -343,32 +346,13 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &ProxyBody
     framing
 }
 
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
 /// Reads the response head (skipping interim 1xx answers) and builds the response around a
 /// body that reads the rest.
 async fn read_response<R: Release>(
     mut conn: Conn,
     head_only: bool,
     home: Arc<R>,
-    back: Option<http::request::Parts>,
+    back: Option<ProxyRequest>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let mut answered = false;
     loop {
@@ -387,9 +371,7 @@ async fn read_response<R: Release>(
             Err(e) => e.to_string(),
         };
         return Err(match back {
-            Some(parts) if !answered => {
-                Failure::Stale(failed, Box::new(Request::from_parts(parts, crate::proxy::body::empty())))
-            }
+            Some(req) if !answered => Failure::Stale(failed, req),
             _ => Failure::Exchange(failed),
         });
     }
@@ -398,32 +380,35 @@ async fn read_response<R: Release>(
 /// Parses a complete head off the front of `buf`; `None` when more bytes are needed.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Failure> {
     let invalid = |why: String| Failure::Exchange(format!("invalid response from the backend: {why}"));
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let (len, code, minor, count) = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => {
-            let base = buf.as_ptr() as usize;
-            for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                *span = (name, name + h.name.len(), value, value + h.value.len());
+    // Uninitialised slots and spans on the stack: zeroing 100 headers was 3 KB of memset per
+    // answer (callgrind, session 8).
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut spans: smallvec::SmallVec<[(usize, usize, usize, usize); 16]> = smallvec::SmallVec::new();
+    let mut parsed = httparse::Response::new(&mut []);
+    let (len, code, minor) =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
+            Ok(httparse::Status::Complete(len)) => {
+                let base = buf.as_ptr() as usize;
+                for h in parsed.headers.iter() {
+                    let name = h.name.as_ptr() as usize - base;
+                    let value = h.value.as_ptr() as usize - base;
+                    spans.push((name, name + h.name.len(), value, value + h.value.len()));
+                }
+                (len, parsed.code.unwrap_or(0), parsed.version.unwrap_or(1))
             }
-            (len, parsed.code.unwrap_or(0), parsed.version.unwrap_or(1), parsed.headers.len())
-        }
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-            return Err(invalid(format!("response head larger than {MAX_HEAD} bytes")));
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(invalid(e.to_string())),
-    };
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(invalid(format!("response head larger than {MAX_HEAD} bytes")));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(invalid(e.to_string())),
+        };
     let status = StatusCode::from_u16(code).map_err(|_| invalid(format!("status code {code}")))?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(invalid("101 Switching Protocols to a request that asked for no upgrade".into()));
     }
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    let mut map = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
+    for &(ns, ne, vs, ve) in &spans {
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| invalid("a header name".into()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| invalid("a header value".into()))?;
         map.append(name, value);
@@ -469,63 +454,16 @@ fn response_framing(parts: &http::response::Parts, head_only: bool) -> Result<Fr
         return Ok(Framing::Length(0));
     }
     if let Some(last) = parts.headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let chunked =
-            last.to_str().is_ok_and(|v| v.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")));
+        let chunked = http1::ends_chunked(last.as_bytes());
         return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::Eof });
     }
-    let mut length = None;
-    for v in parts.headers.get_all(CONTENT_LENGTH) {
-        for item in v.to_str().map_err(|_| "a Content-Length that is not text".to_string())?.split(',') {
-            let item = item.trim();
-            let n = (!item.is_empty() && item.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| item.parse::<u64>().ok())
-                .flatten()
-                .ok_or_else(|| format!("Content-Length {item:?} is not a length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err("Content-Length values that disagree".into());
-            }
-            length = Some(n);
-        }
-    }
+    let length = http1::content_length(parts.headers.get_all(CONTENT_LENGTH).iter().map(HeaderValue::as_bytes))?;
     Ok(length.map_or(Framing::Eof, Framing::Length))
 }
 
 /// True when the response ends its connection (`Connection: close`).
 fn closes(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// This many bytes are left.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the backend closes the connection.
-    Eof,
-    Done,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// This many bytes of chunk data are left.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// Expecting the trailer section after the last chunk.
-    Trailers,
-}
-
-/// What the buffered bytes gave.
-enum Step {
-    Frame(Frame<Bytes>),
-    End,
-    /// More bytes are needed.
-    More,
+    headers.get_all(CONNECTION).iter().any(|v| http1::has_token(v.as_bytes(), "close"))
 }
 
 /// A response body read straight from its connection.
@@ -550,104 +488,8 @@ impl<R: Release> ResponseBody<R> {
     /// Decodes what is buffered.
     fn step(&mut self) -> Result<Step, String> {
         let Some(conn) = self.conn.as_mut() else { return Ok(Step::End) };
-        let buf = &mut conn.buf;
-        loop {
-            match &mut self.framing {
-                Framing::Done => return Ok(Step::End),
-                Framing::Length(left) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let n = (*left).min(buf.len() as u64);
-                    *left -= n;
-                    let data = buf.split_to(n as usize).freeze();
-                    return Ok(Step::Frame(Frame::data(data)));
-                }
-                Framing::Eof => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    return Ok(Step::Frame(Frame::data(buf.split().freeze())));
-                }
-                Framing::Chunked(Chunk::Size) => {
-                    let Some(eol) = find_crlf(buf) else {
-                        return if buf.len() > MAX_CHUNK_LINE {
-                            Err("chunk-size line too long".into())
-                        } else {
-                            Ok(Step::More)
-                        };
-                    };
-                    let size = parse_chunk_size(&buf[..eol])?;
-                    buf.advance(eol + 2);
-                    self.framing = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                }
-                Framing::Chunked(Chunk::Data(left)) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let n = (*left).min(buf.len() as u64);
-                    *left -= n;
-                    if *left == 0 {
-                        self.framing = Framing::Chunked(Chunk::DataEnd);
-                    }
-                    return Ok(Step::Frame(Frame::data(buf.split_to(n as usize).freeze())));
-                }
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if buf.len() < 2 {
-                        return Ok(Step::More);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err("chunk data not followed by CRLF".into());
-                    }
-                    buf.advance(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
-                }
-                Framing::Chunked(Chunk::Trailers) => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                        self.framing = Framing::Done;
-                        return Ok(Step::End);
-                    }
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    match httparse::parse_headers(buf, &mut headers) {
-                        Ok(httparse::Status::Complete((len, fields))) => {
-                            let mut map = HeaderMap::with_capacity(fields.len());
-                            for h in fields {
-                                if let (Ok(name), Ok(value)) =
-                                    (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value))
-                                {
-                                    map.append(name, value);
-                                }
-                            }
-                            buf.advance(len);
-                            self.framing = Framing::Done;
-                            return Ok(Step::Frame(Frame::trailers(map)));
-                        }
-                        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                            return Err("trailer section too large".into());
-                        }
-                        Ok(httparse::Status::Partial) => return Ok(Step::More),
-                        Err(e) => return Err(format!("trailer section: {e}")),
-                    }
-                }
-            }
-        }
+        http1::decode(&mut self.framing, &mut conn.buf, MAX_HEAD)
     }
-}
-
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
-}
-
-/// The hex size at the start of a chunk-size line; extensions after `;` are ignored.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, String> {
-    let end = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
-    let rest = &line[end..];
-    if end == 0 || end > 15 || !(rest.is_empty() || rest[0] == b';' || rest[0] == b' ' || rest[0] == b'\t') {
-        return Err(format!("invalid chunk size line {:?}", String::from_utf8_lossy(&line[..line.len().min(32)])));
-    }
-    let digits = std::str::from_utf8(&line[..end]).map_err(|e| e.to_string())?;
-    u64::from_str_radix(digits, 16).map_err(|e| e.to_string())
 }
 
 impl<R: Release> Body for ResponseBody<R> {

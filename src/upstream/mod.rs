@@ -42,13 +42,13 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::header::HOST;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Response, Uri};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
 use crate::config::ClusterConfig;
 use crate::error::{BoxError, ErrorKind, LifelineError};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{ProxyBody, ProxyRequest};
 pub use endpoint::{Endpoint, EndpointStats};
 use events::EventLog;
 use failover::Plan;
@@ -184,11 +184,7 @@ impl Cluster {
     /// request target, `Host` set when the request has none). When nothing of the request left
     /// Lifeline (no connection, or one that failed before the first byte), the failure carries
     /// the request back, so it can go to another endpoint.
-    pub async fn send(
-        &self,
-        endpoint: &Endpoint,
-        mut req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, SendFailure> {
+    pub async fn send(&self, endpoint: &Endpoint, mut req: ProxyRequest) -> Result<Response<ProxyBody>, SendFailure> {
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
             *req.uri_mut() = Uri::try_from(pq).map_err(|e| SendFailure::from(BoxError::from(e)))?;
@@ -250,7 +246,7 @@ impl Cluster {
 /// not have been buffered to allow it.
 pub struct SendFailure {
     pub error: BoxError,
-    pub unsent: Option<Box<Request<ProxyBody>>>,
+    pub unsent: Option<ProxyRequest>,
 }
 
 impl From<BoxError> for SendFailure {

@@ -22,7 +22,7 @@ use http::{Request, Response};
 use tokio::net::TcpStream;
 
 use super::h1::{self, Conn, Failure};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{ProxyBody, ProxyRequest};
 use crate::proxy::workers;
 
 struct Idle {
@@ -138,14 +138,14 @@ impl ConnPool {
     /// DELETE) skips that syscall, as nginx and HAProxy do: if the connection turns out closed
     /// before one byte of an answer, it is sent again, once, on a connection checked the careful
     /// way (RFC 9112 §9.3.1 allows this for idempotent requests).
-    pub async fn send(self: &Arc<Self>, mut req: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendError> {
+    pub async fn send(self: &Arc<Self>, mut req: ProxyRequest) -> Result<Response<ProxyBody>, SendError> {
         let mut blind = crate::proxy::headers::idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
         loop {
             let (conn, reused) = match self.take_idle(!blind) {
                 Some(conn) => (conn, true),
                 None => match self.connect().await {
                     Ok(conn) => (conn, false),
-                    Err(why) => return Err(SendError::Connect(why, Box::new(req))),
+                    Err(why) => return Err(SendError::Connect(why, req)),
                 },
             };
             match h1::exchange(conn, req, self.clone(), reused && blind).await {
@@ -153,9 +153,9 @@ impl ConnPool {
                 Err(Failure::Stale(why, back)) => {
                     tracing::debug!(endpoint = %self.addr, %why, "kept-alive connection was closed; sending the idempotent request again");
                     blind = false;
-                    req = *back;
+                    req = back;
                 }
-                Err(Failure::NotSent(_, Some(back))) if reused => req = *back,
+                Err(Failure::NotSent(_, Some(back))) if reused => req = back,
                 Err(Failure::NotSent(e, back)) => return Err(SendError::NotSent(e.to_string(), back)),
                 Err(Failure::Exchange(why)) => return Err(SendError::Exchange(why)),
                 Err(Failure::Body(e)) => return Err(SendError::Body(e)),

@@ -8,13 +8,13 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::Response;
 
 use super::{Cluster, SendFailure};
 use crate::chaos::Faults;
 use crate::classify::{classify_error, Classifier};
 use crate::error::{BoxError, ErrorKind, LifelineError};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{ProxyBody, ProxyRequest};
 use crate::proxy::stack::TriedEndpoints;
 
 /// Sends a request to one endpoint of a cluster.
@@ -38,7 +38,7 @@ impl ClusterService {
     /// endpoints earlier attempts of the same request went to; the pick is added to it.
     pub async fn send(
         &self,
-        req: Request<ProxyBody>,
+        req: ProxyRequest,
         tried: Option<&TriedEndpoints>,
     ) -> Result<Response<ProxyBody>, BoxError> {
         dispatch(self, tried, req).await
@@ -48,7 +48,7 @@ impl ClusterService {
 async fn dispatch(
     svc: &ClusterService,
     tried: Option<&TriedEndpoints>,
-    mut req: Request<ProxyBody>,
+    mut req: ProxyRequest,
 ) -> Result<Response<ProxyBody>, BoxError> {
     let (cluster, classifier) = (&*svc.cluster, svc.classifier);
     cluster.wait_ready().await;
@@ -87,7 +87,7 @@ async fn dispatch(
                 if more_endpoints && LifelineError::kind_of(&error) == ErrorKind::ConnectFailed =>
             {
                 tracing::debug!(cluster = cluster.name(), endpoint = %endpoint.key, "connect failed; re-picking");
-                req = *back;
+                req = back;
             }
             Err(f) => return Err(f.error),
         }

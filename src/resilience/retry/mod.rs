@@ -28,7 +28,7 @@ use self::config::RetryConfig;
 use super::outcome_of;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, LifelineError};
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{ProxyBody, ProxyRequest};
 use crate::proxy::headers::{IDEMPOTENCY_KEY, X_LIFELINE_ATTEMPTS};
 use crate::telemetry::names;
 
@@ -87,16 +87,16 @@ impl RetryPolicy {
     /// that another attempt may not or need not follow (see [`RetryPolicy::next`]).
     pub async fn run<F, Fut>(
         &self,
-        req: Request<ProxyBody>,
+        req: ProxyRequest,
         deadline: Option<Instant>,
         mut attempt: F,
     ) -> Result<Response<ProxyBody>, BoxError>
     where
-        F: FnMut(Request<ProxyBody>) -> Fut,
+        F: FnMut(ProxyRequest) -> Fut,
         Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
     {
         self.budget.deposit();
-        let (parts, body) = req.into_parts();
+        let (parts, body) = (*req).into_parts();
         let resend_safe = (crate::proxy::headers::idempotent(&parts.method)
             || parts.headers.contains_key(&IDEMPOTENCY_KEY))
             && parts.extensions.get::<crate::proxy::stack::ResendOnlyIfNotSent>().is_none();
@@ -107,7 +107,7 @@ impl RetryPolicy {
         };
         let mut n = 1u32;
         loop {
-            let mut req = Request::new(replay.take().unwrap_or_else(crate::proxy::body::empty));
+            let mut req = Box::new(Request::new(replay.take().unwrap_or_else(crate::proxy::body::empty)));
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = parts.uri.clone();
             *req.version_mut() = parts.version;

@@ -59,7 +59,7 @@ async fn cluster(yaml: &str) -> Arc<Cluster> {
 
 async fn call(c: &Arc<Cluster>, tried: &TriedEndpoints) -> String {
     let req = Request::post("/x").body(lifeline::proxy::body::full("{}")).unwrap();
-    let resp = ClusterService::new(c.clone()).send(req, Some(tried)).await.unwrap();
+    let resp = ClusterService::new(c.clone()).send(Box::new(req), Some(tried)).await.unwrap();
     resp.headers()["x-upstream"].to_str().unwrap().to_string()
 }
 
