@@ -87,7 +87,7 @@ impl RetryPolicy {
     /// that another attempt may not or need not follow (see [`RetryPolicy::next`]).
     pub async fn run<F, Fut>(
         &self,
-        req: ProxyRequest,
+        mut req: ProxyRequest,
         deadline: Option<Instant>,
         mut attempt: F,
     ) -> Result<Response<ProxyBody>, BoxError>
@@ -96,23 +96,23 @@ impl RetryPolicy {
         Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
     {
         self.budget.deposit();
-        let (parts, body) = (*req).into_parts();
-        let resend_safe = (crate::proxy::headers::idempotent(&parts.method)
-            || parts.headers.contains_key(&IDEMPOTENCY_KEY))
-            && parts.extensions.get::<crate::proxy::stack::ResendOnlyIfNotSent>().is_none();
-        let mut replay = if self.config.attempts > 1 {
-            Replay::prepare(body, &parts.headers, self.config.max_replay_body).await?
-        } else {
-            Replay::Once(Some(body))
-        };
+        let resend_safe = (crate::proxy::headers::idempotent(req.method())
+            || req.headers().contains_key(&IDEMPOTENCY_KEY))
+            && req.extensions().get::<crate::proxy::stack::ResendOnlyIfNotSent>().is_none();
+        if self.config.attempts <= 1 {
+            return with_attempts(attempt(req).await, 1);
+        }
+        let body = std::mem::replace(req.body_mut(), crate::proxy::body::empty());
+        let mut replay = Replay::prepare(body, req.headers(), self.config.max_replay_body).await?;
+        // The first attempt takes the request itself: its header map has room for what the
+        // path adds (an exact-size copy reallocated on the next insert). Later attempts get a
+        // copy of the head taken now, before anything is added.
+        let head = copy_head(&req);
+        let mut first = Some(req);
         let mut n = 1u32;
         loop {
-            let mut req = Box::new(Request::new(replay.take().unwrap_or_else(crate::proxy::body::empty)));
-            *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = parts.uri.clone();
-            *req.version_mut() = parts.version;
-            *req.headers_mut() = parts.headers.clone();
-            *req.extensions_mut() = parts.extensions.clone();
+            let mut req = first.take().unwrap_or_else(|| Box::new(copy_head(&head)));
+            *req.body_mut() = replay.take().unwrap_or_else(crate::proxy::body::empty);
             let result = attempt(req).await;
             let outcome = outcome_of(&self.classifier, &result);
             match self.next(n, outcome, &result, resend_safe, replay.can_replay(), deadline) {
@@ -126,6 +126,18 @@ impl RetryPolicy {
             }
         }
     }
+}
+
+/// A copy of a request's head (method, target, version, headers, extensions) with an empty
+/// body.
+fn copy_head<B>(req: &Request<B>) -> Request<ProxyBody> {
+    let mut copy = Request::new(crate::proxy::body::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    copy
 }
 
 /// The `x-lifeline-attempts` value: a static string for the usual counts (this runs on every
