@@ -81,7 +81,7 @@ fn handle(engine: Arc<Engine>, inner: HttpService, route: Arc<str>, req: ProxyRe
         } else {
             engine.pacer.note_live();
             let online = Box::new(Request::from_parts(parts.clone(), full(bytes.clone())));
-            match inner.call(online).await {
+            match inner.serve(online).await {
                 Ok(resp) => return Ok(resp),
                 Err(err) => {
                     let kind = LifelineError::kind_of(&err);

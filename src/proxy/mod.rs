@@ -192,7 +192,7 @@ async fn forward(
     };
     prepare_upstream(&mut parts, peer, request_id);
     let req = Box::new(Request::from_parts(parts, body));
-    match route.service.call(req).await {
+    match route.service.serve(req).await {
         Ok(mut resp) => {
             headers::strip_hop_by_hop(resp.headers_mut());
             route.metrics.count_status(resp.status());
