@@ -608,9 +608,9 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span.0..path_span.0 + path_span.1)) else {
         return bad("invalid request target".into());
     };
-    // Room for what the proxy adds (X-Forwarded-For and -Proto, the request id, Host, the
-    // remaining timeout): an exact-size map reallocates on the first insert.
-    let mut map = HeaderMap::with_capacity(fields.len() + 6);
+    // Room for what the proxy adds (X-Forwarded-For and -Proto, the request id, the remaining
+    // timeout): an exact-size map reallocates on the first insert.
+    let mut map = HeaderMap::with_capacity(fields.len() + 4);
     let (mut te, mut cl, mut keep, mut close, mut expect) = (None::<Bytes>, false, false, false, false);
     for &(n, nl, v, vl) in &fields {
         let Ok(name) = HeaderName::from_bytes(&head[n..n + nl]) else { return bad("invalid header name".into()) };

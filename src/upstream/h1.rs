@@ -35,8 +35,8 @@ use crate::http1::{self, itoa_u64, put_header, Chunk, Framing, Step, MAX_HEADERS
 use crate::proxy::body::{ProxyBody, ProxyRequest};
 
 /// Room left in a parsed header map for what the proxy adds (the request id, the attempt
-/// count, a Date): a map built to the exact size grows, reallocating, on the first insert.
-pub const ADDED_HEADERS: usize = 4;
+/// count): a map built to the exact size grows, reallocating, on the first insert.
+pub const ADDED_HEADERS: usize = 2;
 /// Largest response head (and chunk trailer section) accepted.
 const MAX_HEAD: usize = 256 << 10;
 /// First read size of a connection; reads grow up to [`MAX_READ`] while they fill the buffer.
