@@ -189,6 +189,50 @@ pub fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Opti
     Ok(length)
 }
 
+/// What a header field is to a proxy (RFC 9110 §7.6.1), told from its name as it came off the
+/// wire, before a `HeaderName` is made of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// End to end: forwarded.
+    EndToEnd,
+    /// `Content-Length`: end to end, but framing reads it.
+    ContentLength,
+    /// `Transfer-Encoding`: this hop's framing.
+    TransferEncoding,
+    /// `Connection`: this hop's options, and the names of more hop-by-hop fields.
+    Connection,
+    /// Another hop-by-hop field (`Keep-Alive`, `TE`, `Trailer`, `Upgrade` and the legacy
+    /// proxy ones): dropped at the proxy.
+    HopByHop,
+}
+
+impl Field {
+    pub fn of(name: &[u8]) -> Field {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        match name.len() {
+            2 if is("te") => Field::HopByHop,
+            7 if is("trailer") || is("upgrade") => Field::HopByHop,
+            10 if is("connection") => Field::Connection,
+            10 if is("keep-alive") => Field::HopByHop,
+            14 if is("content-length") => Field::ContentLength,
+            16 if is("proxy-connection") => Field::HopByHop,
+            17 if is("transfer-encoding") => Field::TransferEncoding,
+            18 if is("proxy-authenticate") => Field::HopByHop,
+            19 if is("proxy-authorization") => Field::HopByHop,
+            _ => Field::EndToEnd,
+        }
+    }
+}
+
+/// The names a `Connection` value lists besides `close` and `keep-alive` (more hop-by-hop
+/// fields to drop).
+pub fn connection_names(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+}
+
 /// True when a comma-separated header value lists `token` (ASCII case-insensitive).
 pub fn has_token(value: &[u8], token: &str) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
@@ -308,6 +352,30 @@ mod tests {
         assert!(cl(&["+5"]).is_err());
         assert!(cl(&[""]).is_err());
         assert!(cl(&["99999999999999999999"]).is_err(), "overflows u64");
+    }
+
+    #[test]
+    fn fields_are_told_apart_by_name_in_any_case() {
+        for (name, want) in [
+            ("Connection", Field::Connection),
+            ("CONTENT-LENGTH", Field::ContentLength),
+            ("transfer-encoding", Field::TransferEncoding),
+            ("Keep-Alive", Field::HopByHop),
+            ("TE", Field::HopByHop),
+            ("Trailer", Field::HopByHop),
+            ("Upgrade", Field::HopByHop),
+            ("Proxy-Connection", Field::HopByHop),
+            ("Proxy-Authenticate", Field::HopByHop),
+            ("Proxy-Authorization", Field::HopByHop),
+            ("Trailers", Field::EndToEnd),
+            ("x-te", Field::EndToEnd),
+            ("Content-Type", Field::EndToEnd),
+            ("Authorization", Field::EndToEnd),
+        ] {
+            assert_eq!(Field::of(name.as_bytes()), want, "{name}");
+        }
+        let named: Vec<&[u8]> = connection_names(b"keep-alive, X-Hop ,close,,x-two").collect();
+        assert_eq!(named, [&b"X-Hop"[..], b"x-two"]);
     }
 
     #[test]

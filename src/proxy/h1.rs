@@ -611,26 +611,49 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Parsed {
     // Room for what the proxy adds (X-Forwarded-For and -Proto, the request id, the remaining
     // timeout): an exact-size map reallocates on the first insert.
     let mut map = HeaderMap::with_capacity(fields.len() + 4);
-    let (mut te, mut cl, mut keep, mut close, mut expect) = (None::<Bytes>, false, false, false, false);
+    let (mut te, mut cl, mut keep, mut close, mut expect, mut named) =
+        (None::<Bytes>, false, false, false, false, false);
     for &(n, nl, v, vl) in &fields {
+        let raw = &head[v..v + vl];
+        // This hop's fields are read here and not put in the map (the proxy would only take
+        // them out again, RFC 9110 §7.6.1); `Content-Length` stays for the route's limit.
+        match http1::Field::of(&head[n..n + nl]) {
+            http1::Field::TransferEncoding => {
+                te = Some(match te {
+                    None => head.slice(v..v + vl),
+                    Some(prev) => Bytes::from([&prev[..], b",", raw].concat()),
+                });
+                continue;
+            }
+            http1::Field::Connection => {
+                keep |= http1::has_token(raw, "keep-alive");
+                close |= http1::has_token(raw, "close");
+                named |= http1::connection_names(raw).next().is_some();
+                continue;
+            }
+            http1::Field::HopByHop => continue,
+            http1::Field::ContentLength => cl = true,
+            http1::Field::EndToEnd => {}
+        }
         let Ok(name) = HeaderName::from_bytes(&head[n..n + nl]) else { return bad("invalid header name".into()) };
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v..v + vl)) else {
             return bad(format!("invalid value of header {name}"));
         };
-        if name == TRANSFER_ENCODING {
-            te = Some(match te {
-                None => head.slice(v..v + vl),
-                Some(prev) => Bytes::from([&prev[..], b",", value.as_bytes()].concat()),
-            });
-        } else if name == CONTENT_LENGTH {
-            cl = true;
-        } else if name == CONNECTION {
-            keep |= http1::has_token(value.as_bytes(), "keep-alive");
-            close |= http1::has_token(value.as_bytes(), "close");
-        } else if name == EXPECT {
+        if name == EXPECT {
             expect |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
         map.append(name, value);
+    }
+    if named {
+        for &(n, nl, v, vl) in &fields {
+            if http1::Field::of(&head[n..n + nl]) == http1::Field::Connection {
+                for name in http1::connection_names(&head[v..v + vl]) {
+                    if let Ok(name) = HeaderName::from_bytes(name) {
+                        map.remove(name);
+                    }
+                }
+            }
+        }
     }
     let framing = match (te, cl) {
         (Some(_), true) => return bad("both Transfer-Encoding and Content-Length".into()),

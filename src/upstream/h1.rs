@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -31,7 +31,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::error::BoxError;
-use crate::http1::{self, itoa_u64, put_header, Chunk, Framing, Step, MAX_HEADERS};
+use crate::http1::{self, itoa_u64, put_header, Chunk, Field, Framing, Step, MAX_HEADERS};
 use crate::proxy::body::{ProxyBody, ProxyRequest};
 
 /// Room left in a parsed header map for what the proxy adds (the request id, the attempt
@@ -359,8 +359,8 @@ async fn read_response<R: Release>(
         if !conn.buf.is_empty() {
             answered = true;
             match parse_head(&mut conn.buf)? {
-                Some(resp) if resp.status().is_informational() => continue,
-                Some(resp) => return attach_body(conn, resp, head_only, home),
+                Some(head) if head.resp.status().is_informational() => continue,
+                Some(head) => return attach_body(conn, head, head_only, home),
                 None => {}
             }
         }
@@ -377,8 +377,20 @@ async fn read_response<R: Release>(
     }
 }
 
+/// A parsed response head. Its header map holds the end-to-end fields only: this client is a
+/// proxy's, and what was this hop's (`Connection` and what it names, `Transfer-Encoding`,
+/// `Keep-Alive`...) is read here and dropped (RFC 9110 §7.6.1), not copied into the map for
+/// the proxy to take out again.
+struct Head {
+    resp: Response<()>,
+    /// `Transfer-Encoding` was present; `true` when its last coding is chunked.
+    chunked: Option<bool>,
+    /// `Connection: close`.
+    closes: bool,
+}
+
 /// Parses a complete head off the front of `buf`; `None` when more bytes are needed.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Failure> {
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
     let invalid = |why: String| Failure::Exchange(format!("invalid response from the backend: {why}"));
     // Uninitialised slots and spans on the stack: zeroing 100 headers was 3 KB of memset per
     // answer (callgrind, session 8).
@@ -407,39 +419,66 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, Failure> {
         return Err(invalid("101 Switching Protocols to a request that asked for no upgrade".into()));
     }
     let head = buf.split_to(len).freeze();
+    let (mut chunked, mut closes, mut named) = (None, false, false);
     let mut map = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
     for &(ns, ne, vs, ve) in &spans {
+        let value = &head[vs..ve];
+        match Field::of(&head[ns..ne]) {
+            Field::TransferEncoding => {
+                chunked = Some(http1::ends_chunked(value));
+                continue;
+            }
+            Field::Connection => {
+                closes |= http1::has_token(value, "close");
+                named |= http1::connection_names(value).next().is_some();
+                continue;
+            }
+            Field::HopByHop => continue,
+            Field::EndToEnd | Field::ContentLength => {}
+        }
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| invalid("a header name".into()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| invalid("a header value".into()))?;
         map.append(name, value);
+    }
+    if named {
+        // Rare: `Connection` names more fields of this hop.
+        for &(ns, ne, vs, ve) in &spans {
+            if Field::of(&head[ns..ne]) == Field::Connection {
+                for name in http1::connection_names(&head[vs..ve]) {
+                    if let Ok(name) = HeaderName::from_bytes(name) {
+                        map.remove(name);
+                    }
+                }
+            }
+        }
     }
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     *resp.headers_mut() = map;
-    Ok(Some(resp))
+    Ok(Some(Head { resp, chunked, closes }))
 }
 
 fn attach_body<R: Release>(
     conn: Conn,
-    resp: Response<()>,
+    head: Head,
     head_only: bool,
     home: Arc<R>,
 ) -> Result<Response<ProxyBody>, Failure> {
-    let (mut parts, ()) = resp.into_parts();
-    let framing = response_framing(&parts, head_only)
+    let (mut parts, ()) = head.resp.into_parts();
+    let framing = response_framing(&parts, head.chunked, head_only)
         .map_err(|why| Failure::Exchange(format!("invalid response from the backend: {why}")))?;
     // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): a message with both is how
     // response splitting is attempted. The length is dropped before it can reach the caller
     // and the connection is not reused.
-    let smuggled = parts.headers.contains_key(TRANSFER_ENCODING) && parts.headers.contains_key(CONTENT_LENGTH);
+    let smuggled = head.chunked.is_some() && parts.headers.contains_key(CONTENT_LENGTH);
     if smuggled && !head_only {
         parts.headers.remove(CONTENT_LENGTH);
     }
     let keep = matches!(framing, Framing::Length(_) | Framing::Chunked(_))
         && parts.version == Version::HTTP_11
         && !smuggled
-        && !closes(&parts.headers);
+        && !head.closes;
     let mut body = ResponseBody { conn: Some(conn), framing, home: keep.then_some(home) };
     if body.framing == Framing::Length(0) {
         body.finish();
@@ -448,22 +487,16 @@ fn attach_body<R: Release>(
 }
 
 /// RFC 9112 §6.3.
-fn response_framing(parts: &http::response::Parts, head_only: bool) -> Result<Framing, String> {
+fn response_framing(parts: &http::response::Parts, chunked: Option<bool>, head_only: bool) -> Result<Framing, String> {
     let s = parts.status;
     if head_only || s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
-    if let Some(last) = parts.headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let chunked = http1::ends_chunked(last.as_bytes());
+    if let Some(chunked) = chunked {
         return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::Eof });
     }
     let length = http1::content_length(parts.headers.get_all(CONTENT_LENGTH).iter().map(HeaderValue::as_bytes))?;
     Ok(length.map_or(Framing::Eof, Framing::Length))
-}
-
-/// True when the response ends its connection (`Connection: close`).
-fn closes(headers: &HeaderMap) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| http1::has_token(v.as_bytes(), "close"))
 }
 
 /// A response body read straight from its connection.

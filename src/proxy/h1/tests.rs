@@ -466,3 +466,25 @@ async fn stop_closes_idle_connections_at_once_and_busy_ones_after_their_answer()
     assert_eq!((a.body.as_str(), a.header("connection")), ("done", Some("close")));
     assert!(busy.closed().await);
 }
+
+#[tokio::test]
+async fn this_hops_fields_never_reach_the_handler() {
+    let srv = server(Box::new(|req| {
+        Box::pin(async move {
+            let mut names: Vec<String> = req.headers().keys().map(|n| n.to_string()).collect();
+            names.sort();
+            Response::new(body::full(names.join(",")))
+        })
+    }))
+    .await;
+    let mut c = Client::connect(srv.addr).await;
+    c.send(
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-Secret: 1\r\n\
+          TE: trailers\r\nUpgrade: websocket\r\nProxy-Authorization: Basic eA==\r\nProxy-Connection: keep-alive\r\n\
+          X-App: 1\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await;
+    let a = c.answer(false).await;
+    assert_eq!(a.body, "content-length,host,x-app");
+    assert!(a.header("connection").is_none(), "keep-alive was asked and given");
+}

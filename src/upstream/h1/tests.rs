@@ -366,3 +366,29 @@ async fn a_request_that_never_left_comes_back_whole() {
     assert_eq!(back.body().size_hint().exact(), Some(2), "the length survives, so it goes out framed the same");
     assert_eq!(back.into_body().collect().await.unwrap().to_bytes(), "{}");
 }
+
+#[tokio::test]
+async fn answers_come_without_this_hops_fields_and_connection_close_retires_the_connection() {
+    let (conn, mut server) = pair().await;
+    let home = Arc::new(Home::default());
+    let backend = tokio::spawn(async move {
+        read_request(&mut server).await;
+        let first = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\n\
+                     Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-App: kept\r\nContent-Length: 2\r\n\r\nok";
+        server.write_all(first.as_bytes()).await.unwrap();
+        read_request(&mut server).await;
+        let second = "HTTP/1.1 200 OK\r\nCONNECTION: Close\r\nContent-Length: 3\r\n\r\nbye";
+        server.write_all(second.as_bytes()).await.unwrap();
+    });
+    let resp = send(conn, get("/"), home.clone()).await.map_err(failure_text).unwrap();
+    let mut names: Vec<&str> = resp.headers().keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["content-length", "x-app"], "only end-to-end fields are left");
+    assert_eq!(collect(resp).await.0, "ok");
+    let conn = home.take().expect("keep-alive: the connection came home");
+    let resp = send(conn, get("/"), home.clone()).await.map_err(failure_text).unwrap();
+    assert!(!resp.headers().contains_key("connection"));
+    assert_eq!(collect(resp).await.0, "bye");
+    assert!(home.take().is_none(), "an answer with Connection: close retires its connection");
+    backend.await.unwrap();
+}
