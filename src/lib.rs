@@ -7,7 +7,8 @@
 //! ## The request path (outermost first)
 //!
 //! ```text
-//! client -> proxy::Proxy::handle   request id, header/body limits, route match,
+//! client -> proxy::h1              HTTP/1.1 server connection of our own (h2c -> hyper)
+//!        -> proxy::Proxy::handle   request id, header/body limits, route match,
 //!                                  respond (errors -> JSON), access log, metrics
 //!        -> grace                  settlement routes only: backend unavailable -> journal -> 202
 //!        -> proxy::stack           the route's path, one future per request:

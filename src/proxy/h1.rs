@@ -58,6 +58,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// connection closes.
 const DRAIN_MAX: u64 = 64 << 10;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Capacity of the answer buffer a connection keeps between requests.
+const KEEP_IDLE: usize = 8 << 10;
 /// Body frames up to this size are copied behind the head (or chunk line) and written with it.
 const INLINE_BODY: usize = 16 << 10;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -223,6 +225,10 @@ impl Conn {
             let keep = head.keep_alive && !stop.is_stopping() && self.body_settles();
             let keep = self.write_response(resp, head_only, version, keep).await?;
             self.last_active = Instant::now();
+            if self.out.capacity() > KEEP_IDLE {
+                // A large head or body frame went out: do not keep its buffer while idle.
+                self.out = Vec::new();
+            }
             if !keep || !self.finish_body().await {
                 return Ok(Next::Close);
             }
@@ -776,8 +782,9 @@ fn give_back(mut buf: BytesMut) {
         return;
     }
     buf.clear();
-    // `reserve` reclaims the whole allocation only when this is its last handle.
-    if buf.try_reclaim(READ_SIZE) && buf.capacity() >= READ_SIZE {
+    // The whole allocation comes back only when this is its last handle; one grown for a
+    // large head or body is let go rather than kept on the list.
+    if buf.try_reclaim(READ_SIZE) && (READ_SIZE..=KEEP_IDLE).contains(&buf.capacity()) {
         POOL.with(|p| {
             let mut p = p.borrow_mut();
             if p.len() < POOL_MAX {

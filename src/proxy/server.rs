@@ -1,9 +1,14 @@
-//! Accept loop and connection handling, shared by the proxy and admin listeners.
+//! Accept loops.
 //!
-//! One hyper-util `auto` builder serves HTTP/1.1 and HTTP/2 prior knowledge (h2c) on the same
-//! port. Shutdown is a parameter (mini-redis style): when `stop` fires the loop stops accepting,
+//! The proxy listener ([`serve_proxy`]) runs the HTTP/1.1 server connection of our own
+//! ([`super::h1`]), which hands h2c to hyper. The admin API, the simulators and the chaos
+//! proxy's API ([`serve`], [`serve_shared`]) use one hyper-util `auto` builder for HTTP/1.1 and
+//! h2c: they are not on the request path, and hyper there is an independent check of our own
+//! codec (the simulators answer the proxy's upstream client).
+//!
+//! Shutdown is a parameter (mini-redis style): when `stop` fires the loop stops accepting,
 //! every connection is told to finish gracefully (HTTP/1 closes after its in-flight response,
-//! HTTP/2 sends GOAWAY), and [`serve`] returns once they are done or `grace` has passed.
+//! HTTP/2 sends GOAWAY), and the loop returns once they are done or `grace` has passed.
 
 use std::convert::Infallible;
 use std::future::Future;

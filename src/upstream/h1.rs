@@ -42,6 +42,8 @@ const MAX_HEAD: usize = 256 << 10;
 /// First read size of a connection; reads grow up to [`MAX_READ`] while they fill the buffer.
 const MIN_READ: usize = 4 << 10;
 const MAX_READ: usize = 64 << 10;
+/// Buffer capacity an idle pooled connection may keep.
+const KEEP_IDLE: usize = 8 << 10;
 /// Request body frames up to this size are copied behind the head and written with it.
 const INLINE_BODY: usize = 16 << 10;
 
@@ -102,6 +104,19 @@ impl Conn {
         match socket2::SockRef::from(&self.io).peek(&mut probe) {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
             Ok(_) => false,
+        }
+    }
+
+    /// Before the connection waits in its pool: buffers grown for a large exchange are let
+    /// go, so a pool of idle connections holds a few KiB each, not the largest answer's
+    /// read size (64 KiB) and body frame (16 KiB) forever.
+    fn settle(&mut self) {
+        if self.buf.capacity() > KEEP_IDLE {
+            self.buf = BytesMut::new();
+            self.next_read = MIN_READ;
+        }
+        if self.out.capacity() > KEEP_IDLE {
+            self.out = Vec::new();
         }
     }
 
@@ -511,8 +526,9 @@ impl<R: Release> ResponseBody<R> {
     /// The body ended: the connection goes home if it can carry another exchange.
     fn finish(&mut self) {
         self.framing = Framing::Done;
-        if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) {
+        if let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) {
             if conn.buf.is_empty() {
+                conn.settle();
                 home.release(conn);
             }
         }

@@ -392,3 +392,24 @@ async fn answers_come_without_this_hops_fields_and_connection_close_retires_the_
     assert!(home.take().is_none(), "an answer with Connection: close retires its connection");
     backend.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_pooled_connection_lets_go_of_buffers_grown_for_a_large_exchange() {
+    let (conn, mut server) = pair().await;
+    let home = Arc::new(Home::default());
+    let big = "x".repeat(300 << 10);
+    let body = big.clone();
+    let backend = tokio::spawn(async move {
+        read_request(&mut server).await;
+        let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        server.write_all(resp.as_bytes()).await.unwrap();
+        server
+    });
+    let upload = Request::post("/up").header("host", "backend").body(body::full(vec![b'u'; 20 << 10])).unwrap();
+    let resp = send(conn, upload, home.clone()).await.map_err(failure_text).unwrap();
+    assert_eq!(collect(resp).await.0.len(), big.len());
+    let conn = home.take().expect("came home");
+    assert!(conn.buf.capacity() <= KEEP_IDLE, "read buffer kept at {} bytes", conn.buf.capacity());
+    assert!(conn.out.capacity() <= KEEP_IDLE, "write buffer kept at {} bytes", conn.out.capacity());
+    drop(backend.await.unwrap());
+}
