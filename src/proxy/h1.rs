@@ -51,8 +51,6 @@ use crate::http1::{self, Chunk, Framing, Step, MAX_HEADERS};
 const READ_SIZE: usize = 4 << 10;
 /// Buffers a worker keeps for its connections between requests.
 const POOL_MAX: usize = 256;
-/// A keep-alive connection with no request for this long is closed (Envoy's default).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A request body left unread after the answer is read and dropped up to this size (and
 /// within [`DRAIN_TIMEOUT`]), so the connection can carry the next request; past it the
 /// connection closes.
@@ -79,10 +77,14 @@ pub struct Limits {
     pub max_header_list_size: u32,
     /// A head must arrive whole within this of its first byte (or of the accept).
     pub head_timeout: Duration,
+    /// A keep-alive connection with no request for this long (up to twice as long) is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Limits {
     pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Envoy's default.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 }
 
 /// How a worker tells its connections to finish: idle ones close at once, busy ones after
@@ -150,7 +152,7 @@ pub async fn serve<H: Handler>(stream: TcpStream, peer: SocketAddr, handler: Arc
     let inbound =
         Inbound { rd, buf: BytesMut::new(), body: Framing::Done, serial: 0, continue_owed: None, broken: false };
     let shared = Arc::new(Shared { inbound: Mutex::new(inbound) });
-    let mut conn = Conn { shared, wr, out: Vec::new(), serial: 0, last_active: Instant::now(), idle_timer: None };
+    let mut conn = Conn { shared, wr, out: Vec::new(), serial: 0, idle_timer: None };
     match conn.run(&*handler, peer, limits, &stop).await {
         Ok(Next::H2) => serve_h2(conn, peer, handler, limits, &stop).await,
         Ok(_) => {}
@@ -164,9 +166,8 @@ struct Conn {
     /// The answer's head (and small body frames) on its way out; kept for its capacity.
     out: Vec<u8>,
     serial: u64,
-    /// When the last answer went out (or the connection was accepted).
-    last_active: Instant,
-    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The idle timer, and how many requests had been served when it was armed.
+    idle_timer: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
 }
 
 /// Why [`Conn::run`] returned.
@@ -223,8 +224,8 @@ impl Conn {
                 None => return Ok(Next::Close), // the caller hung up: its request is cancelled
             };
             let keep = head.keep_alive && !stop.is_stopping() && self.body_settles();
+            self.finish_continue().await?;
             let keep = self.write_response(resp, head_only, version, keep).await?;
-            self.last_active = Instant::now();
             if self.out.capacity() > KEEP_IDLE {
                 // A large head or body frame went out: do not keep its buffer while idle.
                 self.out = Vec::new();
@@ -272,6 +273,26 @@ impl Conn {
         match ready!(self.shared.inbound().poll_fill(cx)) {
             Ok(0) | Err(_) => Poll::Ready(true),
             Ok(_) => Poll::Ready(false),
+        }
+    }
+
+    /// A "100 Continue" the body started writing is finished before the final answer goes out
+    /// (a socket that took part of 25 bytes is all but unheard of, but half an interim answer
+    /// followed by the final one would be a broken stream).
+    async fn finish_continue(&mut self) -> io::Result<()> {
+        let rest = {
+            let mut inb = self.shared.inbound();
+            match inb.continue_owed {
+                Some(at) if at > 0 => {
+                    inb.continue_owed = None;
+                    Some(at)
+                }
+                _ => None,
+            }
+        };
+        match rest {
+            Some(at) => write_all_vectored(&mut self.wr, &CONTINUE[at.min(CONTINUE.len())..], &[]).await,
+            None => Ok(()),
         }
     }
 
@@ -359,7 +380,7 @@ impl Conn {
                     give_back(std::mem::take(&mut inb.buf));
                 }
             }
-            match self.wait_readable(stop, head_deadline).await {
+            match self.wait_readable(stop, head_deadline, limits.idle_timeout).await {
                 Wait::Ready => {}
                 Wait::Stop => return Ok(Read::Closed),
                 Wait::HeadTimeout if self.shared.inbound().buf.is_empty() => return Ok(Read::Closed),
@@ -383,9 +404,11 @@ impl Conn {
     /// timer runs out, or the connection has been idle for [`IDLE_TIMEOUT`].
     ///
     /// The idle timer is one per connection and stays registered across requests: when it
-    /// fires it checks the time of the last answer and re-arms, so waiting for a request
-    /// costs no timer registration (it is the common wait: every keep-alive request has one).
-    async fn wait_readable(&mut self, stop: &Stop, head_deadline: Option<Instant>) -> Wait {
+    /// fires it re-arms if any request was served since it was armed, and closes the
+    /// connection otherwise. So waiting for a request costs no timer registration and no clock
+    /// read (it is the common wait: every keep-alive request has one), and a connection is
+    /// closed between one and two idle timeouts after its last request.
+    async fn wait_readable(&mut self, stop: &Stop, head_deadline: Option<Instant>, idle: Duration) -> Wait {
         // Between requests (nothing of the next one read yet) a stop closes the connection.
         let between = self.shared.inbound().buf.is_empty();
         let stopped = stop.notify.notified();
@@ -393,7 +416,7 @@ impl Conn {
         if between && stop.is_stopping() {
             return Wait::Stop;
         }
-        let (shared, last_active, idle_timer) = (&self.shared, self.last_active, &mut self.idle_timer);
+        let (shared, served, idle_timer) = (&self.shared, self.serial, &mut self.idle_timer);
         let mut head_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         poll_fn(|cx| {
             if shared.inbound().rd.as_ref().poll_read_ready(cx).is_ready() {
@@ -409,13 +432,13 @@ impl Conn {
                     Poll::Pending => Poll::Pending,
                 };
             }
-            let due = last_active + IDLE_TIMEOUT;
-            let timer = idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            let (timer, armed_at) = idle_timer.get_or_insert_with(|| (Box::pin(tokio::time::sleep(idle)), served));
             while timer.as_mut().poll(cx).is_ready() {
-                if Instant::now() >= due {
+                if *armed_at == served {
                     return Poll::Ready(Wait::Stop);
                 }
-                timer.as_mut().reset(due);
+                *armed_at = served;
+                timer.as_mut().reset(Instant::now() + idle);
             }
             Poll::Pending
         })

@@ -138,6 +138,7 @@ pub async fn serve_proxy<H: h1::Handler>(
         max_head: limits.max_buf_size,
         max_header_list_size: limits.max_header_list_size,
         head_timeout: h1::Limits::HEAD_TIMEOUT,
+        idle_timeout: h1::Limits::IDLE_TIMEOUT,
     };
     let stopping = std::sync::Arc::new(h1::Stop::default());
     // Every connection holds a receiver; `closed` resolves when the last one is gone.

@@ -145,7 +145,8 @@ where
     F: FnOnce(ProxyRequest) -> Fut,
     Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
 {
-    let left = deadline.at.saturating_duration_since(Instant::now());
+    let now = Instant::now();
+    let left = deadline.at.saturating_duration_since(now);
     let budget = per_try.map_or(left, |p| left.min(p));
     let ms = budget.as_millis().min(u128::from(u64::MAX)) as u64;
     let name = if deadline.grpc { &GRPC_TIMEOUT } else { &X_LIFELINE_TIMEOUT_MS };
@@ -161,7 +162,7 @@ where
         .boxed());
     }
     let per_try_binding = per_try.is_some_and(|p| p <= budget);
-    match tokio::time::timeout(budget, send(req)).await {
+    match tokio::time::timeout_at(now + budget, send(req)).await {
         Ok(result) => result,
         Err(_) => {
             let (kind, what) = if per_try_binding {

@@ -41,7 +41,12 @@ fn echo() -> Reply {
 }
 
 fn limits() -> Limits {
-    Limits { max_head: 8 << 10, max_header_list_size: 16 << 10, head_timeout: Duration::from_secs(5) }
+    Limits {
+        max_head: 8 << 10,
+        max_header_list_size: 16 << 10,
+        head_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(60),
+    }
 }
 
 struct Server {
@@ -487,4 +492,23 @@ async fn this_hops_fields_never_reach_the_handler() {
     let a = c.answer(false).await;
     assert_eq!(a.body, "content-length,host,x-app");
     assert!(a.header("connection").is_none(), "keep-alive was asked and given");
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_its_timeout_is_closed_and_a_busy_one_is_not() {
+    let srv = server_with(echo(), Limits { idle_timeout: Duration::from_millis(200), ..limits() }).await;
+    let mut busy = Client::connect(srv.addr).await;
+    let mut idle = Client::connect(srv.addr).await;
+    idle.send(b"GET /once HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    assert_eq!(idle.answer(false).await.status, 200);
+    let started = std::time::Instant::now();
+    // A request every 120 ms for ~700 ms: never idle for a whole timeout.
+    for _ in 0..6 {
+        busy.send(b"GET /again HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        assert_eq!(busy.answer(false).await.status, 200, "the busy connection stays open");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    assert!(idle.closed().await, "idle since its one request: closed");
+    assert!(srv.ended.load(Ordering::SeqCst) >= 1);
 }

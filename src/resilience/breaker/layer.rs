@@ -71,8 +71,10 @@ impl Pending {
         };
         match counted {
             Some(failed) => {
-                let slow = cfg.slow_call.is_some_and(|d| self.start.elapsed() >= d);
-                self.breaker.record(self.epoch, failed, slow, self.probe);
+                // One clock read for both the slow-call check and the outcome's time.
+                let now = Instant::now();
+                let slow = cfg.slow_call.is_some_and(|d| now.saturating_duration_since(self.start) >= d);
+                self.breaker.record_at(self.epoch, failed, slow, self.probe, now);
             }
             None => self.breaker.cancelled(self.epoch, self.probe),
         }

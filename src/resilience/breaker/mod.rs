@@ -161,7 +161,11 @@ impl Breaker {
 
     /// Reports a finished call admitted with `epoch` (`probe`: it was a half-open probe).
     pub fn record(&self, epoch: u64, failed: bool, slow: bool, probe: bool) {
-        let at = tokio::time::Instant::now();
+        self.record_at(epoch, failed, slow, probe, tokio::time::Instant::now());
+    }
+
+    /// [`Breaker::record`] for a call that ended `at` (the caller read the clock already).
+    pub fn record_at(&self, epoch: u64, failed: bool, slow: bool, probe: bool, at: tokio::time::Instant) {
         self.send(Msg::Outcome { epoch, failed, slow, at }, failed || slow || probe);
     }
 
