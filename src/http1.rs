@@ -1,6 +1,6 @@
 //! HTTP/1.1 message framing shared by both ends of the proxy: the server that reads callers'
 //! requests ([`crate::proxy::h1`]) and the client that reads backends' answers
-//! ([`crate::upstream::h1`]).
+//! (`upstream::h1`, private to the upstream module).
 //!
 //! Both read a body the same way (RFC 9112 §6 and §7.1): a known length, chunks with optional
 //! extensions and trailers, or (answers only) until the peer closes. [`decode`] takes what is

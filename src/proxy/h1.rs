@@ -401,7 +401,7 @@ impl Conn {
     }
 
     /// Waits until the socket is readable, the worker stops (idle connections only), the head
-    /// timer runs out, or the connection has been idle for [`IDLE_TIMEOUT`].
+    /// timer runs out, or the connection has been idle for `idle` ([`Limits::idle_timeout`]).
     ///
     /// The idle timer is one per connection and stays registered across requests: when it
     /// fires it re-arms if any request was served since it was armed, and closes the
