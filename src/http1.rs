@@ -233,6 +233,19 @@ pub fn connection_names(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
 }
 
+/// Removes from `map` the fields that the `Connection` fields among `fields` (name, value as
+/// they came off the wire) name: rare, so the parsers note that there are some and call this
+/// after their one pass.
+pub fn remove_named<'a>(map: &mut http::HeaderMap, fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) {
+    for (_, value) in fields.filter(|(name, _)| Field::of(name) == Field::Connection) {
+        for name in connection_names(value) {
+            if let Ok(name) = http::header::HeaderName::from_bytes(name) {
+                map.remove(name);
+            }
+        }
+    }
+}
+
 /// True when a comma-separated header value lists `token` (ASCII case-insensitive).
 pub fn has_token(value: &[u8], token: &str) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))

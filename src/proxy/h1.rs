@@ -63,7 +63,9 @@ const INLINE_BODY: usize = 16 << 10;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// What serves a connection's requests.
+/// What serves a connection's requests. A request arrives without this hop's fields
+/// (RFC 9110 §7.6.1): HTTP/1.1 ones are dropped while parsing, h2c ones (`te: trailers`, the
+/// only one HTTP/2 lets through) as hyper hands the request over.
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, req: Request<ProxyBody>, peer: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send;
 }
@@ -674,15 +676,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Parsed {
         map.append(name, value);
     }
     if named {
-        for &(n, nl, v, vl) in &fields {
-            if http1::Field::of(&head[n..n + nl]) == http1::Field::Connection {
-                for name in http1::connection_names(&head[v..v + vl]) {
-                    if let Ok(name) = HeaderName::from_bytes(name) {
-                        map.remove(name);
-                    }
-                }
-            }
-        }
+        http1::remove_named(&mut map, fields.iter().map(|&(n, nl, v, vl)| (&head[n..n + nl], &head[v..v + vl])));
     }
     let framing = match (te, cl) {
         (Some(_), true) => return bad("both Transfer-Encoding and Content-Length".into()),
@@ -929,7 +923,8 @@ async fn serve_h2<H: Handler>(conn: Conn, peer: SocketAddr, handler: Arc<H>, lim
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let handler = handler.clone();
         async move {
-            let (parts, incoming) = req.into_parts();
+            let (mut parts, incoming) = req.into_parts();
+            super::headers::strip_hop_by_hop(&mut parts.headers);
             let body = if incoming.is_end_stream() { body::empty() } else { body::boxed(incoming) };
             Ok::<_, std::convert::Infallible>(handler.call(Request::from_parts(parts, body), peer).await)
         }

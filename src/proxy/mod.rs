@@ -193,8 +193,8 @@ async fn forward(
     prepare_upstream(&mut parts, peer, request_id);
     let req = Box::new(Request::from_parts(parts, body));
     match route.service.serve(req).await {
-        Ok(mut resp) => {
-            headers::strip_hop_by_hop(resp.headers_mut());
+        // The upstream client dropped the answer's hop-by-hop fields while parsing it.
+        Ok(resp) => {
             route.metrics.count_status(resp.status());
             resp
         }
@@ -219,7 +219,7 @@ fn prepare_upstream(parts: &mut http::request::Parts, peer: SocketAddr, request_
             parts.headers.insert(HOST, v);
         }
     }
-    headers::strip_hop_by_hop(&mut parts.headers);
+    // This hop's fields were dropped by the server connection (`h1::Handler`).
     headers::add_forwarded(&mut parts.headers, peer.ip());
     parts.headers.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
 }

@@ -456,16 +456,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
         map.append(name, value);
     }
     if named {
-        // Rare: `Connection` names more fields of this hop.
-        for &(ns, ne, vs, ve) in &spans {
-            if Field::of(&head[ns..ne]) == Field::Connection {
-                for name in http1::connection_names(&head[vs..ve]) {
-                    if let Ok(name) = HeaderName::from_bytes(name) {
-                        map.remove(name);
-                    }
-                }
-            }
-        }
+        http1::remove_named(&mut map, spans.iter().map(|&(ns, ne, vs, ve)| (&head[ns..ne], &head[vs..ve])));
     }
     let mut resp = Response::new(());
     *resp.status_mut() = status;

@@ -14,6 +14,7 @@ async fn routes_over_http1_and_h2c_with_forwarding_headers() {
         let req = Request::get(sc.url("/card/v1/cards/x?q=1"))
             .header("connection", "keep-alive, x-hop")
             .header("x-hop", "secret")
+            .header("te", "trailers")
             .body(Full::new(Bytes::new()))
             .unwrap();
         let got = send(&client, req).await;
@@ -23,6 +24,7 @@ async fn routes_over_http1_and_h2c_with_forwarding_headers() {
         assert!(v["headers"]["x-forwarded-for"].as_str().unwrap().contains("127.0.0.1"));
         assert_eq!(v["headers"]["x-forwarded-proto"], "http");
         assert!(v["headers"].get("x-hop").is_none(), "hop-by-hop header leaked: {v}");
+        assert!(v["headers"].get("te").is_none(), "te (the one h2 allows) leaked: {v}");
         let id = got.header("x-request-id").expect("request id echoed");
         assert_eq!(v["headers"]["x-request-id"], id);
     }
