@@ -920,14 +920,16 @@ async fn serve_h2<H: Handler>(conn: Conn, peer: SocketAddr, handler: Arc<H>, lim
     let inbound = shared.inbound.into_inner().unwrap_or_else(|p| p.into_inner());
     let Ok(stream) = inbound.rd.reunite(conn.wr) else { return };
     let io = hyper_util::rt::TokioIo::new(Rewind { read: inbound.buf.freeze(), io: stream });
+    // hyper runs each stream as a task of its own, and a task's future is moved on spawn and
+    // again when it finishes: boxed, the moves are of a pointer, not of the whole route.
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let handler = handler.clone();
-        async move {
+        Box::pin(async move {
             let (mut parts, incoming) = req.into_parts();
             super::headers::strip_hop_by_hop(&mut parts.headers);
             let body = if incoming.is_end_stream() { body::empty() } else { body::boxed(incoming) };
             Ok::<_, std::convert::Infallible>(handler.call(Request::from_parts(parts, body), peer).await)
-        }
+        })
     });
     let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .max_header_list_size(limits.max_header_list_size)
