@@ -8,9 +8,14 @@ completed a fast (< 1 ms) write: if most, the stalls are per write, and a second
 let the next group through while one write stalls (BENCHMARKS.md, "Session 6: what holds the
 journal's p99 now").
 
-    python3 bench/disk_stalls.py [LANES=2] [SECS=20] [DIR=bench/.disk-stalls]
+    python3 bench/disk_stalls.py [LANES=2] [SECS=20] [DIR=bench/.disk-stalls] [RATE=20000]
 
 DIR must be on the disk the journal uses (tmpfs refuses O_DIRECT). Its files are removed after.
+
+It also prints the floor this disk puts under the journal's p99 at RATE appends/s: an ideal
+journal that costs no CPU, takes everything that has arrived into one write as soon as the
+last write is done, and whose writes take exactly as long as lane 0's did, in the same order
+(so stalls keep their clustering). Items are answered when their group's write returns.
 """
 
 import mmap
@@ -23,6 +28,7 @@ import time
 LANES = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 SECS = float(sys.argv[2]) if len(sys.argv) > 2 else 20
 DIR = sys.argv[3] if len(sys.argv) > 3 else os.path.join(os.path.dirname(os.path.abspath(__file__)), ".disk-stalls")
+RATE = float(sys.argv[4]) if len(sys.argv) > 4 else 20000.0
 BLOCK = 4096
 WRAP = 64 << 20  # each lane rewrites its first 64 MiB
 
@@ -47,6 +53,19 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
+def group_commit_floor(durations, rate):
+    """Latencies (s) of items arriving every 1/rate s, served by one writer with these write
+    durations in order: each write carries every item that arrived before it started."""
+    lat, t, nxt = [], 0.0, 0
+    for d in durations:
+        t = max(t, nxt / rate)  # idle until the next arrival
+        last = int(t * rate)  # items 0..last have arrived by t
+        done = t + d
+        lat.extend(done - i / rate for i in range(nxt, last + 1))
+        nxt, t = last + 1, done
+    return lat
+
+
 def main():
     os.makedirs(DIR, exist_ok=True)
     res = [[] for _ in range(LANES)]
@@ -62,6 +81,9 @@ def main():
         lat = [(b - a) * 1e3 for a, b in writes]
         print(f"lane {i}: {len(lat)} writes, p50 {pct(lat, .5):.3f} ms, p99 {pct(lat, .99):.3f} ms, "
               f"max {max(lat):.1f} ms, over 3 ms: {sum(v > 3 for v in lat)}")
+    floor = [v * 1e3 for v in group_commit_floor([b - a for a, b in res[0]], RATE)]
+    print(f"an ideal group-commit journal at {RATE:.0f}/s on lane 0's writes: {len(floor)} items, "
+          f"p50 {pct(floor, .5):.2f} ms, p99 {pct(floor, .99):.2f} ms, max {max(floor):.1f} ms")
     if LANES > 1:
         slow = [(a, b) for a, b in res[0] if b - a > 0.003]
         passed = sum(1 for a, b in slow

@@ -199,8 +199,93 @@ async fn http() {
 /// Open model: appends arrive at a constant `GRACE_BENCH_RATE` per second (default 20 000) for
 /// 5 s, each as its own task, however slowly earlier ones commit; latency runs from the
 /// scheduled arrival (no coordinated omission). This is "p99 commit latency at 20 000/s".
+/// CPU time by kind from `/proc/stat`'s first line: (steal, all), in clock ticks.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    Some((*fields.get(7)?, fields.iter().take(8).sum()))
+}
+
+/// What the machine itself allows: a thread that asks to sleep 1 ms, over and over, and
+/// records how late it wakes (cyclictest's measurement). On a VM whose host takes the vCPUs
+/// away (steal), this lateness is a floor under every p99 measured in the same seconds.
+struct Jitter {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Histogram<u64>>,
+    ticks: Option<(u64, u64)>,
+}
+
+impl Jitter {
+    fn start() -> Jitter {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let asked = Instant::now();
+                // The probe measures the OS's own sleep on a thread of its own, not the runtime's.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(Duration::from_millis(1));
+                let late = asked.elapsed().saturating_sub(Duration::from_millis(1));
+                h.record((late.as_micros() as u64).max(1)).unwrap();
+            }
+            h
+        });
+        Jitter { stop, thread, ticks: cpu_ticks() }
+    }
+
+    /// One line: the machine's wake-up lateness and CPU steal over the probe's lifetime.
+    fn finish(self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let h = self.thread.join().unwrap();
+        let steal = match (self.ticks, cpu_ticks()) {
+            (Some((s0, a0)), Some((s1, a1))) if a1 > a0 => {
+                format!("{:.0}% of CPU time stolen by the host", 100.0 * (s1 - s0) as f64 / (a1 - a0) as f64)
+            }
+            _ => "steal unknown (no /proc/stat)".to_string(),
+        };
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        format!(
+            "machine during the run: {steal}; a thread sleeping 1 ms woke late by p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms(0.5),
+            ms(0.99),
+            h.max() as f64 / 1000.0
+        )
+    }
+}
+
+/// The host's own preemption, measured before the run with nothing of ours running: one thread
+/// reads the clock in a loop for `secs`, and every gap between two reads over 100 µs is time
+/// the vCPU was taken away (or an interrupt ran). No code in the guest can answer faster than
+/// its vCPU runs, so these gaps are part of any p99 measured on the machine.
+fn host_gaps(secs: f64) -> String {
+    let start = Instant::now();
+    let mut last = start;
+    let (mut lost, mut over_ms, mut over_3ms, mut max) = (Duration::ZERO, 0u32, 0u32, Duration::ZERO);
+    while last.duration_since(start).as_secs_f64() < secs {
+        let now = Instant::now();
+        let gap = now.duration_since(last);
+        last = now;
+        if gap > Duration::from_micros(100) {
+            lost += gap;
+            over_ms += u32::from(gap > Duration::from_millis(1));
+            over_3ms += u32::from(gap > Duration::from_millis(3));
+            max = max.max(gap);
+        }
+    }
+    format!(
+        "machine before the run: a thread spinning on the clock for {secs:.0} s was stopped for {:.1}% \
+         of it in gaps over 0.1 ms ({over_ms} over 1 ms, {over_3ms} over 3 ms, longest {:.2} ms)",
+        100.0 * lost.as_secs_f64() / start.elapsed().as_secs_f64(),
+        max.as_secs_f64() * 1000.0
+    )
+}
+
 async fn journal_rate() {
+    let gaps = host_gaps(3.0);
     let (_dir, store) = open_store("rate.db");
+    let jitter = Jitter::start();
     let limits = unlimited();
     let rate: u64 = std::env::var("GRACE_BENCH_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let total = rate * 5;
@@ -249,6 +334,8 @@ async fn journal_rate() {
         ms(&h.2, 0.5),
         ms(&h.2, 0.99)
     );
+    println!("  {}", jitter.finish());
+    println!("  {gaps}");
     store.close();
 }
 
