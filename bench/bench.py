@@ -112,6 +112,24 @@ def peak_rss_mib(p):
     return kb / 1024
 
 
+def cpu_ticks():
+    """(steal, all) CPU ticks of the whole machine, from /proc/stat's first line."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return v[7], sum(v)
+
+
+def with_steal(run, *a):
+    """Runs one measurement and adds the share of the machine's CPU time the hypervisor took
+    away during it (steal): on a VM whose host is busy, a round with high steal is slow for
+    reasons no peer controls, and the report shows it beside the figures."""
+    s0, a0 = cpu_ticks()
+    r = run(*a)
+    s1, a1 = cpu_ticks()
+    r["steal_pct"] = 100.0 * (s1 - s0) / max(1, a1 - a0)
+    return r
+
+
 def wrk(port, conns, secs):
     out = subprocess.run(
         ["wrk", "-t", "1", "-c", str(conns), "-d", f"{secs}s", f"http://127.0.0.1:{port}/"],
@@ -159,15 +177,15 @@ def measure(name, proc, args, lifeline_bin):
     r = {}
     for conns in (64, 256):
         c0 = cpu_seconds(proc) if proc else 0
-        r[f"h1_c{conns}"] = wrk(h1, conns, args.duration)
+        r[f"h1_c{conns}"] = with_steal(wrk, h1, conns, args.duration)
         if proc:
             r[f"h1_c{conns}"]["cpu_us_per_req"] = (cpu_seconds(proc) - c0) * 1e6 / max(1, r[f"h1_c{conns}"]["requests"])
     if proc:
         r["peak_rss_h1_mib"] = peak_rss_mib(proc)  # VmHWM is a high-water mark: HTTP/1.1 runs only
     for conns in (64, 256):
-        r[f"h2_c{conns}"] = h2load(h2, conns, args.duration)
+        r[f"h2_c{conns}"] = with_steal(h2load, h2, conns, args.duration)
     c0 = cpu_seconds(proc) if proc else 0
-    r["fixed"] = fixed_rate(lifeline_bin, h1, args.rate, args.latency_duration)
+    r["fixed"] = with_steal(fixed_rate, lifeline_bin, h1, args.rate, args.latency_duration)
     if proc:
         r["fixed"]["cpu_us_per_req"] = (cpu_seconds(proc) - c0) * 1e6 / max(1, r["fixed"]["requests"])
         r["peak_rss_mib"] = peak_rss_mib(proc)

@@ -119,7 +119,7 @@ def grace():
         ["cargo", "bench", "--quiet", "--bench", "grace_journal", "--", "journal", "http"],
         cwd=ROOT, capture_output=True, text=True, timeout=1800, check=True,
     ).stdout
-    lines = [l.strip() for l in out.splitlines() if re.search(r"\d+/s; latency|of which in the journal", l)]
+    lines = [l.strip() for l in out.splitlines() if re.search(r"\d+/s; latency|of which in the journal|^machine ", l.strip())]
     if not lines:
         raise RuntimeError("grace_journal printed no results:\n" + out)
     return lines

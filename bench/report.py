@@ -101,6 +101,12 @@ def tables(raw, args, threads):
             cells.append(fmt(ratio(med(m["lifeline"], "fixed", "cpu_us_per_req"), med(m[peer], "fixed", "cpu_us_per_req")), "{:.2f}"))
             out.append(f"| {peer} | " + " | ".join(cells) + " |")
         out.append("")
+    keys = ("h1_c64", "h1_c256", "h2_c64", "h2_c256", "fixed")
+    steal = {n: [r[k]["steal_pct"] for r in m[n] for k in keys if "steal_pct" in r.get(k, {})] for n in names}
+    if any(steal.values()):
+        out.append("CPU time taken by the hypervisor (steal) during each peer's runs, median and highest: "
+                   + ", ".join(f"{n} {statistics.median(v):.0f}% / {max(v):.0f}%" for n, v in steal.items() if v)
+                   + ". Rounds with high steal are slow for every peer alike only if the host's load was steady.\n")
     errs = {n: sum(r.get(k, {}).get("errors", 0) for r in m[n] for k in ("h1_c64", "h1_c256", "h2_c64", "h2_c256"))
             for n in names}
     out.append("Errors during throughput runs (non-2xx + socket errors): "
