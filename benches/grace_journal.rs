@@ -196,9 +196,6 @@ async fn http() {
     app.shutdown().await;
 }
 
-/// Open model: appends arrive at a constant `GRACE_BENCH_RATE` per second (default 20 000) for
-/// 5 s, each as its own task, however slowly earlier ones commit; latency runs from the
-/// scheduled arrival (no coordinated omission). This is "p99 commit latency at 20 000/s".
 /// CPU time by kind from `/proc/stat`'s first line: (steal, all), in clock ticks.
 fn cpu_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -207,9 +204,10 @@ fn cpu_ticks() -> Option<(u64, u64)> {
     Some((*fields.get(7)?, fields.iter().take(8).sum()))
 }
 
-/// What the machine itself allows: a thread that asks to sleep 1 ms, over and over, and
-/// records how late it wakes (cyclictest's measurement). On a VM whose host takes the vCPUs
-/// away (steal), this lateness is a floor under every p99 measured in the same seconds.
+/// How late the machine wakes a thread during the run: a thread of its own asks to sleep 1 ms,
+/// over and over, and records how late it wakes (cyclictest's measurement). The lateness is the
+/// host's steal and the run's own load on the two cores together; any thread of the journal
+/// waits as long to be woken, so it is part of every latency measured in the same seconds.
 struct Jitter {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Histogram<u64>>,
@@ -282,6 +280,10 @@ fn host_gaps(secs: f64) -> String {
     )
 }
 
+/// Open model: appends arrive at a constant `GRACE_BENCH_RATE` per second (default 20 000) for
+/// 5 s, each as its own task, however slowly earlier ones commit; latency runs from the
+/// scheduled arrival (no coordinated omission). This is "p99 commit latency at 20 000/s".
+/// After it, the machine's own lines ([`Jitter`], [`host_gaps`]) say what the host allowed.
 async fn journal_rate() {
     let gaps = host_gaps(3.0);
     let (_dir, store) = open_store("rate.db");
