@@ -3,8 +3,9 @@
 //! `status`, `items` and `reconcile` open the SQLite file directly (never creating one), so an
 //! operator can work from a copy while the pod is down; they print the same JSON as the admin
 //! API. After a clean stop the `.db` file is complete; after a crash copy `grace.db-wal` and
-//! the `grace.db-log/` directory with it (acknowledged items may still be only there: they are
-//! read from the log and shown, the files are not changed). `verify` checks a receipt's Ed25519 signature with no network at all.
+//! the log directory with it (`grace.db-log/`, or the policy's `store.log_dir`; acknowledged
+//! items may still be only there: they are read from the log and shown, the files are not
+//! changed). `--log-dir` says where the copy of the log is when it is not beside the file. `verify` checks a receipt's Ed25519 signature with no network at all.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,14 +20,13 @@ use super::store::State;
 pub enum GraceCmd {
     /// Queue depth by state, outstanding exposure by institution, oldest item, forced mode.
     Status {
-        /// The journal file (a copy is fine).
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        journal: Journal,
     },
     /// List items, optionally in one state (journaled, unknown, needs_review, settled, …).
     Items {
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        journal: Journal,
         #[arg(long)]
         state: Option<String>,
         #[arg(long, default_value_t = 1000)]
@@ -34,8 +34,8 @@ pub enum GraceCmd {
     },
     /// Reconciliation report for one UTC day: provisional vs final per institution and item.
     Reconcile {
-        #[arg(long)]
-        db: PathBuf,
+        #[command(flatten)]
+        journal: Journal,
         /// YYYY-MM-DD (UTC). Default: today.
         #[arg(long)]
         date: Option<String>,
@@ -55,6 +55,18 @@ pub enum GraceCmd {
     },
 }
 
+/// The journal to read, and where its log is.
+#[derive(Debug, clap::Args)]
+pub struct Journal {
+    /// The journal file (a copy is fine).
+    #[arg(long)]
+    db: PathBuf,
+    /// Its log directory. Default: the one the journal recorded, if it exists here, else
+    /// `<db>-log` beside the file (where to put a copy of it).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+}
+
 fn print(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -66,20 +78,22 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 pub fn run(cmd: GraceCmd) -> ExitCode {
     match cmd {
-        GraceCmd::Status { db } => match open(&db).and_then(|c| report::status(&c).map_err(|e| e.to_string())) {
-            Ok(v) => {
-                print(&v);
-                ExitCode::SUCCESS
+        GraceCmd::Status { journal } => {
+            match open(&journal).and_then(|c| report::status(&c).map_err(|e| e.to_string())) {
+                Ok(v) => {
+                    print(&v);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
-        },
-        GraceCmd::Items { db, state, limit } => {
+        }
+        GraceCmd::Items { journal, state, limit } => {
             let state = match state.as_deref().map(|s| State::parse(s).ok_or(s)) {
                 Some(Err(s)) => return fail(format!("unknown state {s:?}")),
                 Some(Ok(s)) => Some(s),
                 None => None,
             };
-            match open(&db).and_then(|c| report::list(&c, state, limit).map_err(|e| e.to_string())) {
+            match open(&journal).and_then(|c| report::list(&c, state, limit).map_err(|e| e.to_string())) {
                 Ok(items) => {
                     let items: Vec<_> = items.iter().map(report::item_json).collect();
                     print(&serde_json::json!({ "count": items.len(), "items": items }));
@@ -88,9 +102,9 @@ pub fn run(cmd: GraceCmd) -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        GraceCmd::Reconcile { db, date } => {
+        GraceCmd::Reconcile { journal, date } => {
             let date = date.unwrap_or_else(|| date_of(now_ms()));
-            match open(&db).and_then(|c| report::reconciliation(&c, &date).map_err(|e| e.to_string())) {
+            match open(&journal).and_then(|c| report::reconciliation(&c, &date).map_err(|e| e.to_string())) {
                 Ok(v) => {
                     print(&v);
                     ExitCode::SUCCESS
@@ -122,11 +136,14 @@ pub fn run(cmd: GraceCmd) -> ExitCode {
     }
 }
 
-fn open(db: &std::path::Path) -> Result<rusqlite::Connection, String> {
-    if !db.exists() {
-        return Err(format!("{} does not exist", db.display()));
+fn open(journal: &Journal) -> Result<rusqlite::Connection, String> {
+    if !journal.db.exists() {
+        return Err(format!("{} does not exist", journal.db.display()));
     }
-    schema::open_offline(db).map_err(|e| e.to_string())
+    if let Some(dir) = journal.log_dir.as_deref().filter(|d| !d.is_dir()) {
+        return Err(format!("log directory {} does not exist", dir.display()));
+    }
+    schema::open_offline(&journal.db, journal.log_dir.as_deref()).map_err(|e| e.to_string())
 }
 
 fn keygen(out: &std::path::Path) -> ExitCode {

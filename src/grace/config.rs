@@ -77,6 +77,13 @@ pub struct RawGracePolicy {
 pub struct RawStore {
     /// Path of the SQLite journal file.
     pub sqlite: String,
+    /// Directory of the journal's write-ahead log: the only writes a settlement waits for (one
+    /// `fdatasync` per group of appends). Default: `<sqlite>-log` beside the file. On a volume
+    /// of its own (a local SSD, say) its flushes no longer queue behind the database's writes,
+    /// as etcd's `--wal-dir`. Moving it is safe: on start, items still only in the directory
+    /// the journal last used are copied into the database first.
+    #[serde(default)]
+    pub log_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -191,6 +198,8 @@ pub struct ForwardConfig {
 pub struct GracePolicy {
     pub name: String,
     pub store: PathBuf,
+    /// The log directory (`store.log_dir`, or `<store>-log`).
+    pub log_dir: PathBuf,
     pub card_no: String,
     pub amount_fen: String,
     pub hospital_id: String,

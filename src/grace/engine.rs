@@ -85,7 +85,8 @@ impl Engine {
             Some(path) => Some(BodyCipher::new(&crypto::read_key32(path)?)),
             None => None,
         };
-        let (store, recovered) = SqliteStore::open(&policy.store).map_err(|e| e.to_string())?;
+        let (store, recovered) =
+            SqliteStore::open_with_log(&policy.store, &policy.log_dir).map_err(|e| e.to_string())?;
         if recovered > 0 {
             tracing::warn!(policy = %policy.name, recovered, "items in flight at the last stop are now unknown; they will be queried before any resend");
         }

@@ -86,8 +86,10 @@ impl Engines {
     pub fn check(&self, config: &Config) -> Result<(), BoxError> {
         for (name, policy) in &config.grace {
             match self.map.get(name) {
-                Some(e) if e.policy().store == policy.store => {}
-                Some(_) => return Err(format!("grace policy {name}: moving the journal needs a restart").into()),
+                Some(e) if e.policy().store == policy.store && e.policy().log_dir == policy.log_dir => {}
+                Some(_) => {
+                    return Err(format!("grace policy {name}: moving the journal or its log needs a restart").into())
+                }
                 None => return Err(format!("grace policy {name}: adding a policy needs a restart").into()),
             }
         }

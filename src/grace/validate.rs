@@ -19,11 +19,17 @@ type Checker = crate::config::Checker;
 pub(crate) fn check_policies(c: &mut Checker, raw: &BTreeMap<String, RawGracePolicy>) -> BTreeMap<String, GracePolicy> {
     let mut out = BTreeMap::new();
     let mut stores: BTreeMap<String, String> = BTreeMap::new();
+    let mut logs: BTreeMap<PathBuf, String> = BTreeMap::new();
     for (name, p) in raw {
         let policy = c.key(name, |c| check_policy(c, name, p));
         if let Some(other) = stores.insert(p.store.sqlite.clone(), name.clone()) {
             c.key(name, |c| {
                 c.key("store", |c| c.error_at("sqlite", format!("policy {other:?} uses the same journal")))
+            });
+        }
+        if let Some(other) = logs.insert(policy.log_dir.clone(), name.clone()) {
+            c.key(name, |c| {
+                c.key("store", |c| c.error_at("log_dir", format!("policy {other:?} uses the same log directory")))
             });
         }
         out.insert(name.clone(), policy);
@@ -47,6 +53,9 @@ fn check_policy(c: &mut Checker, name: &str, p: &RawGracePolicy) -> GracePolicy 
     pointer(c, "hospital_id", &p.hospital_id);
     if p.store.sqlite.trim().is_empty() {
         c.key("store", |c| c.error_at("sqlite", "journal path must not be empty"));
+    }
+    if p.store.log_dir.as_deref().is_some_and(|d| d.trim().is_empty()) {
+        c.key("store", |c| c.error_at("log_dir", "must not be empty (leave it out for <sqlite>-log)"));
     }
     let limits = c.key("limits", |c| {
         let l = &p.limits;
@@ -83,6 +92,10 @@ fn check_policy(c: &mut Checker, name: &str, p: &RawGracePolicy) -> GracePolicy 
     GracePolicy {
         name: name.to_string(),
         store: PathBuf::from(&p.store.sqlite),
+        log_dir: match &p.store.log_dir {
+            Some(dir) => PathBuf::from(dir),
+            None => super::sqlite::log::dir_for(std::path::Path::new(&p.store.sqlite)),
+        },
         card_no: p.card_no.clone(),
         amount_fen: p.amount_fen.clone(),
         hospital_id: p.hospital_id.clone(),

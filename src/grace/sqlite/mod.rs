@@ -50,13 +50,20 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the journal, checks it, replays its log, recovers and starts the
-    /// committer and applier threads. Returns the store and the number of in-flight items
-    /// turned `unknown`.
+    /// Opens (or creates) the journal with its log in the default directory (`<path>-log`).
     pub fn open(path: &Path) -> Result<(SqliteStore, u64), StoreError> {
+        SqliteStore::open_with_log(path, &log::dir_for(path))
+    }
+
+    /// Opens (or creates) the journal with its log in `log_dir`, checks it, replays its log
+    /// (and, if the log has moved, first what the old directory still holds), recovers and
+    /// starts the committer and applier threads. Returns the store and the number of in-flight
+    /// items turned `unknown`.
+    pub fn open_with_log(path: &Path, log_dir: &Path) -> Result<(SqliteStore, u64), StoreError> {
         let mut conn = schema::open_writer(path)?;
         schema::integrity_check(&conn)?;
-        let log_dir = log::dir_for(path);
+        adopt_log_dir(&mut conn, path, log_dir)?;
+        let log_dir = log_dir.to_path_buf();
         let io = |what: &str, e: std::io::Error| StoreError(format!("{what} {}: {e}", log_dir.display()));
         let next_seg = log::next_id(&log_dir).map_err(|e| io("cannot read the grace log", e))?;
         let replayed = replay_log(&mut conn, &log_dir, next_seg)?;
@@ -182,9 +189,71 @@ fn with_thread_reader<T>(path: &Path, f: impl FnOnce(&Connection) -> Result<T, S
     })
 }
 
+/// The log directory recorded in the journal when it was last opened, if any.
+fn log_dir_on_record(conn: &Connection) -> Option<PathBuf> {
+    conn.query_row("SELECT v FROM meta WHERE k = 'log_dir'", [], |r| r.get::<_, String>(0))
+        .optional()
+        .ok()
+        .flatten()
+        .map(PathBuf::from)
+}
+
+/// The log directory the journal at `path` was last opened with (a journal from before it was
+/// recorded used the default one).
+pub fn recorded_log_dir(conn: &Connection, path: &Path) -> PathBuf {
+    log_dir_on_record(conn).unwrap_or_else(|| log::dir_for(path))
+}
+
+/// Makes `log_dir` the journal's log directory. If the journal was last opened with another
+/// one that still exists, every item in it is written into the database first (durably, those
+/// already there left alone), so moving the log never hides an acknowledged item; the old
+/// directory is left as it was, for the operator to remove.
+fn adopt_log_dir(conn: &mut Connection, path: &Path, log_dir: &Path) -> Result<(), StoreError> {
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    // A log directory of its own that this journal last wrote to has gone (its volume not
+    // mounted, say): starting with an empty one would hide whatever it held. (The default one
+    // sits beside the file, on the same volume; a `.db` copied alone after a clean stop is
+    // complete and may start without it.)
+    let own = log_dir != log::dir_for(path);
+    if own && log_dir_on_record(conn).is_some_and(|d| same(&d, log_dir)) && !log_dir.exists() {
+        return Err(StoreError(format!(
+            "the grace log directory {} is missing, and {} last wrote its log there: is its volume mounted? \
+             (create it empty only if its contents are known to be lost)",
+            log_dir.display(),
+            path.display()
+        )));
+    }
+    let previous = recorded_log_dir(conn, path);
+    if !same(&previous, log_dir) && previous.exists() {
+        let items = insert_logged(conn, &previous)?;
+        tracing::warn!(
+            from = %previous.display(),
+            to = %log_dir.display(),
+            items,
+            "the grace log has moved: what the old directory held is in the journal now; the old directory is no longer used and can be removed"
+        );
+    }
+    conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('log_dir', ?1)", params![log_dir.to_string_lossy()])?;
+    Ok(())
+}
+
 /// Writes every item in the log into the database (those already there are left alone), with
 /// a durable commit, then retires the log (one file becomes segment `next_seg`). Returns how many items the log held.
 fn replay_log(conn: &mut Connection, dir: &Path, next_seg: u64) -> Result<usize, StoreError> {
+    let items = insert_logged(conn, dir)?;
+    if dir.exists() {
+        log::recycle(dir, next_seg, Some(next_seg))
+            .map_err(|e| StoreError(format!("cannot recycle {}: {e}", dir.display())))?;
+    }
+    Ok(items)
+}
+
+/// Writes every item in the log at `dir` into the database in one durable transaction (those
+/// already there are left alone); the log is not changed. Returns how many items it held.
+fn insert_logged(conn: &mut Connection, dir: &Path) -> Result<usize, StoreError> {
     let items = log::read_items(dir).map_err(StoreError)?;
     if !items.is_empty() {
         let tx = conn.transaction()?;
@@ -192,10 +261,6 @@ fn replay_log(conn: &mut Connection, dir: &Path, next_seg: u64) -> Result<usize,
             ops::insert(&tx, item)?;
         }
         tx.commit()?;
-    }
-    if dir.exists() {
-        log::recycle(dir, next_seg, Some(next_seg))
-            .map_err(|e| StoreError(format!("cannot recycle {}: {e}", dir.display())))?;
     }
     Ok(items.len())
 }
@@ -469,7 +534,7 @@ mod tests {
         w.append(&records.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
         drop(w);
 
-        let offline = schema::open_offline(&path).unwrap();
+        let offline = schema::open_offline(&path, None).unwrap();
         let n: i64 = offline.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 3, "item 1 is in the file and the log, items 2 and 3 only in the log");
         drop(offline);
@@ -486,6 +551,77 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(store.append(item(2, "a"), limits(10)).await.unwrap(), AppendOutcome::Existing(_)));
+        store.close();
+    }
+
+    /// With `store.log_dir` the log lives there and nowhere else, and an item acknowledged but
+    /// only in that log when the process died is read offline from it (the journal recorded
+    /// where its log is) and replayed on the next open.
+    #[tokio::test]
+    async fn a_log_directory_of_its_own_holds_the_log_and_is_replayed_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let wal = dir.path().join("fast").join("grace-log");
+        let (store, _) = SqliteStore::open_with_log(&path, &wal).unwrap();
+        assert!(matches!(store.append(item(1, "a"), limits(10)).await.unwrap(), AppendOutcome::Accepted(_)));
+        assert!(!log::segments(&wal).unwrap().is_empty(), "the log is in the configured directory");
+        assert!(!log::dir_for(&path).exists(), "and not beside the file");
+        store.close();
+        drop(store);
+        let accepted =
+            |i: u32, seq: i64| ops::accepted(item(i, "a"), seq, ops::Remaining { count: Some(7), amount: None });
+        let mut w = log::Writer::open(&wal, log::next_id(&wal).unwrap()).unwrap();
+        w.append(&[log::encode(&accepted(2, 2)).as_slice()]).unwrap();
+        drop(w);
+
+        let offline = schema::open_offline(&path, None).unwrap();
+        let n: i64 = offline.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 2, "item 2 is read from the recorded log directory");
+        drop(offline);
+        let (store, _) = SqliteStore::open_with_log(&path, &wal).unwrap();
+        assert_eq!(store.card_exposure("a"), (2, 200));
+        assert!(store.get("r2".into()).await.unwrap().is_some(), "replayed from the configured directory");
+        store.close();
+    }
+
+    /// Moving the log (a new `store.log_dir`, or back to the default) while items are only in
+    /// the old directory: the next open writes them into the database before using the new
+    /// directory, so none is hidden, and the old directory is left for the operator.
+    #[tokio::test]
+    async fn moving_the_log_directory_keeps_the_items_only_the_old_one_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let old = log::dir_for(&path);
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        assert!(matches!(store.append(item(1, "a"), limits(10)).await.unwrap(), AppendOutcome::Accepted(_)));
+        store.close();
+        drop(store);
+        let accepted =
+            |i: u32, seq: i64| ops::accepted(item(i, "a"), seq, ops::Remaining { count: Some(7), amount: None });
+        let mut w = log::Writer::open(&old, log::next_id(&old).unwrap()).unwrap();
+        w.append(&[log::encode(&accepted(2, 2)).as_slice(), log::encode(&accepted(3, 3)).as_slice()]).unwrap();
+        drop(w);
+
+        let new = dir.path().join("elsewhere");
+        let (store, _) = SqliteStore::open_with_log(&path, &new).unwrap();
+        assert_eq!(store.card_exposure("a"), (3, 300), "items 2 and 3 came over from the old directory");
+        assert!(store.get("r3".into()).await.unwrap().is_some());
+        match store.append(item(4, "a"), limits(10)).await.unwrap() {
+            AppendOutcome::Accepted(i) => assert_eq!(i.seq, 4, "numbering continues after them"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!log::segments(&new).unwrap().is_empty(), "new appends go to the new directory");
+        assert!(!log::segments(&old).unwrap().is_empty(), "the old directory is left as it was");
+        store.close();
+        drop(store);
+        // The directory it now records goes missing (its volume not mounted): no start.
+        std::fs::rename(&new, dir.path().join("unmounted")).unwrap();
+        let err = SqliteStore::open_with_log(&path, &new).err().expect("a missing log directory is refused");
+        assert!(err.0.contains("is missing") && err.0.contains("elsewhere"), "{}", err.0);
+        std::fs::rename(dir.path().join("unmounted"), &new).unwrap();
+        // And back: the default directory's stale records are already in the database.
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.card_exposure("a"), (4, 400), "nothing doubled, item 4 kept");
         store.close();
     }
 

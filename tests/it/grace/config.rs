@@ -44,3 +44,24 @@ fn unknown_policy_and_unbounded_limits_are_rejected() {
     let e = Config::from_yaml("t.yaml", &yaml).expect_err("bad pointer").to_string();
     assert!(e.contains("grace.settlement.amount_fen"), "{e}");
 }
+
+#[test]
+fn the_log_directory_defaults_beside_the_journal_and_must_be_its_own() {
+    let base = config("  payment:\n    endpoints: [{ address: 127.0.0.1:9 }]\n", "payment");
+    let c = Config::from_yaml("t.yaml", &base).unwrap();
+    assert_eq!(c.grace["settlement"].log_dir, std::path::Path::new("/tmp/x.db-log"));
+    let yaml = base.replace("{ sqlite: /tmp/x.db }", "{ sqlite: /tmp/x.db, log_dir: /wal/settlement }");
+    let c = Config::from_yaml("t.yaml", &yaml).unwrap();
+    assert_eq!(c.grace["settlement"].log_dir, std::path::Path::new("/wal/settlement"));
+
+    let yaml = base.replace("{ sqlite: /tmp/x.db }", "{ sqlite: /tmp/x.db, log_dir: \" \" }");
+    let e = Config::from_yaml("t.yaml", &yaml).expect_err("empty log_dir").to_string();
+    assert!(e.contains("grace.settlement.store.log_dir: must not be empty"), "{e}");
+
+    // A second policy whose log would land in the first one's directory.
+    let second = POLICY.replace("grace:\n  settlement:", "  other:").replace("/tmp/x.db", "/tmp/y.db");
+    let yaml =
+        format!("{}{}", base, second.replace("{ sqlite: /tmp/y.db }", "{ sqlite: /tmp/y.db, log_dir: /tmp/x.db-log }"));
+    let e = Config::from_yaml("t.yaml", &yaml).expect_err("shared log directory").to_string();
+    assert!(e.contains("store.log_dir: policy") && e.contains("uses the same log directory"), "{e}");
+}

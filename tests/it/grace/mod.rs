@@ -93,13 +93,13 @@ pub async fn try_settle(
 /// The journal as an operator reads it offline: the database file plus the items that are so far
 /// only in its log (an append is durable, and answered, once it is in the log).
 pub fn journal_states(db: &Path) -> std::collections::BTreeMap<String, i64> {
-    let conn = lifeline::grace::sqlite::schema::open_offline(db).unwrap();
+    let conn = lifeline::grace::sqlite::schema::open_offline(db, None).unwrap();
     let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM items GROUP BY state").unwrap();
     stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).unwrap().map(|r| r.unwrap()).collect()
 }
 
 pub fn journal_keys(db: &Path) -> Vec<String> {
-    let conn = lifeline::grace::sqlite::schema::open_offline(db).unwrap();
+    let conn = lifeline::grace::sqlite::schema::open_offline(db, None).unwrap();
     let mut stmt = conn.prepare("SELECT idem_key FROM items").unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().map(|r| r.unwrap()).collect()
 }

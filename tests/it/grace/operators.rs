@@ -224,5 +224,53 @@ async fn reload_changes_limits_live_but_never_moves_the_journal() {
     sc.write_config(&yaml(backend.addr, &dir.path().join("other.db"), ROOMY, FAST, ""));
     let e = sc.app.reload("test").await.expect_err("moving the journal needs a restart");
     assert!(e.contains("needs a restart"), "{e}");
+    let moved_log = yaml(backend.addr, &db, ROOMY, FAST, "").replace(
+        &format!("sqlite: {} }}", db.display()),
+        &format!("sqlite: {}, log_dir: {}/wal }}", db.display(), dir.path().display()),
+    );
+    assert!(moved_log.contains("log_dir:"), "{moved_log}");
+    sc.write_config(&moved_log);
+    let e = sc.app.reload("test").await.expect_err("moving the log needs a restart");
+    assert!(e.contains("needs a restart"), "{e}");
     assert_eq!(settle(&sc.url(""), "r-3", &settlement("110101199003071234", 900, "H1"), &[]).await.status, 202);
+}
+
+/// `store.log_dir` through the whole sidecar: the log is written there (and nowhere beside
+/// the journal), and the CLI reads a copy of the journal with `--log-dir` pointing at a copy of
+/// that directory, refusing one that does not exist.
+#[tokio::test]
+async fn a_log_directory_of_its_own_is_used_end_to_end() {
+    let backend = PayBackend::down_at_start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("g.db");
+    let wal = dir.path().join("wal-volume").join("settlement");
+    let config = yaml(backend.addr, &db, ROOMY, FAST, "").replace(
+        &format!("sqlite: {} }}", db.display()),
+        &format!("sqlite: {}, log_dir: {} }}", db.display(), wal.display()),
+    );
+    let sc = Sidecar::start(&config).await;
+    let r = settle(&sc.url(""), "wal-1", &settlement("110101199003071234", 450, "H3"), &[]).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let segments = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .map(|r| r.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "seg")).count())
+            .unwrap_or(0)
+    };
+    assert!(segments(&wal) >= 1, "the log is in {}", wal.display());
+    assert!(!dir.path().join("g.db-log").exists(), "nothing is written beside the journal");
+    sc.app.shutdown().await;
+
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    let copied_wal = dir.path().join("copy-wal");
+    std::fs::create_dir(&copied_wal).unwrap();
+    let bin = env!("CARGO_BIN_EXE_lifeline");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let out = run(&["grace", "items", "--db", copy.to_str().unwrap(), "--log-dir", copied_wal.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let items: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(items["items"][0]["idempotency_key"], "wal-1");
+    let out = run(&["grace", "status", "--db", copy.to_str().unwrap(), "--log-dir", "/nonexistent-wal"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log directory /nonexistent-wal does not exist"));
 }
