@@ -8,6 +8,7 @@
 //! cargo bench --bench grace_journal -- http          # durable 202s/s through HTTP, backend down
 //! cargo bench --bench grace_journal -- replay        # 10 000-item backlog: rate, ramp, live latency
 //! GRACE_BENCH_DIR=/var/tmp cargo bench --bench grace_journal   # journal on another disk
+//! GRACE_BENCH_LOG_DIR=/mnt/wal cargo bench --bench grace_journal -- journal-rate   # its log on another
 //! GRACE_BENCH_WRITERS=1024 cargo bench --bench grace_journal -- journal   # bigger groups
 //! The HTTP bench's payment cluster has a breaker: once it opens (after 20 refused connects)
 //! the grace trigger is `circuit_open`, as in production with a dead backend.
@@ -77,11 +78,19 @@ fn item(i: u64) -> NewItem {
     }
 }
 
-/// A fresh journal in its own directory (kept alive by the returned guard).
-fn open_store(name: &str) -> (tempfile::TempDir, Arc<SqliteStore>) {
+/// A fresh journal in its own directory, and with `GRACE_BENCH_LOG_DIR` its log in a fresh
+/// directory under that one (`store.log_dir`); the returned guards keep both.
+fn open_store(name: &str) -> (Vec<tempfile::TempDir>, Arc<SqliteStore>) {
     let d = dir();
-    let (store, _) = SqliteStore::open(&d.path().join(name)).unwrap();
-    (d, Arc::new(store))
+    let path = d.path().join(name);
+    let (store, guards) = match std::env::var("GRACE_BENCH_LOG_DIR") {
+        Ok(base) => {
+            let log = tempfile::tempdir_in(base).unwrap();
+            (SqliteStore::open_with_log(&path, log.path()).unwrap().0, vec![d, log])
+        }
+        Err(_) => (SqliteStore::open(&path).unwrap().0, vec![d]),
+    };
+    (guards, Arc::new(store))
 }
 
 fn unlimited() -> Arc<GraceLimits> {
