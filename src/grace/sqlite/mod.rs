@@ -514,6 +514,16 @@ mod tests {
         assert!(log::segments(&log_dir).unwrap().is_empty(), "a clean close leaves no log to replay");
     }
 
+    /// Writes items `n` (card "a", seq `n`) into the log at `dir` as the committer does, as if
+    /// the process died before the applier wrote them into the database.
+    fn log_only(dir: &Path, n: &[u32]) {
+        let accepted =
+            |i: u32| ops::accepted(item(i, "a"), i64::from(i), ops::Remaining { count: Some(7), amount: None });
+        let records: Vec<Vec<u8>> = n.iter().map(|&i| log::encode(&accepted(i))).collect();
+        let mut w = log::Writer::open(dir, log::next_id(dir).unwrap()).unwrap();
+        w.append(&records.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+    }
+
     /// An item acknowledged but not yet applied when the process died is only in the log: the
     /// offline reader shows it, and the next open writes it into the database, counts its
     /// exposure and forwards it; an item in both is not doubled.
@@ -526,13 +536,8 @@ mod tests {
         store.close();
         drop(store);
         // What the committer writes for two more items when the applier never gets to them.
-        let accepted =
-            |i: u32, seq: i64| ops::accepted(item(i, "a"), seq, ops::Remaining { count: Some(7), amount: None });
         let log_dir = log::dir_for(&path);
-        let mut w = log::Writer::open(&log_dir, log::next_id(&log_dir).unwrap()).unwrap();
-        let records = [log::encode(&accepted(1, 1)), log::encode(&accepted(2, 2)), log::encode(&accepted(3, 3))];
-        w.append(&records.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
-        drop(w);
+        log_only(&log_dir, &[1, 2, 3]);
 
         let offline = schema::open_offline(&path, None).unwrap();
         let n: i64 = offline.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0)).unwrap();
@@ -568,11 +573,7 @@ mod tests {
         assert!(!log::dir_for(&path).exists(), "and not beside the file");
         store.close();
         drop(store);
-        let accepted =
-            |i: u32, seq: i64| ops::accepted(item(i, "a"), seq, ops::Remaining { count: Some(7), amount: None });
-        let mut w = log::Writer::open(&wal, log::next_id(&wal).unwrap()).unwrap();
-        w.append(&[log::encode(&accepted(2, 2)).as_slice()]).unwrap();
-        drop(w);
+        log_only(&wal, &[2]);
 
         let offline = schema::open_offline(&path, None).unwrap();
         let n: i64 = offline.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0)).unwrap();
@@ -596,11 +597,7 @@ mod tests {
         assert!(matches!(store.append(item(1, "a"), limits(10)).await.unwrap(), AppendOutcome::Accepted(_)));
         store.close();
         drop(store);
-        let accepted =
-            |i: u32, seq: i64| ops::accepted(item(i, "a"), seq, ops::Remaining { count: Some(7), amount: None });
-        let mut w = log::Writer::open(&old, log::next_id(&old).unwrap()).unwrap();
-        w.append(&[log::encode(&accepted(2, 2)).as_slice(), log::encode(&accepted(3, 3)).as_slice()]).unwrap();
-        drop(w);
+        log_only(&old, &[2, 3]);
 
         let new = dir.path().join("elsewhere");
         let (store, _) = SqliteStore::open_with_log(&path, &new).unwrap();
