@@ -61,8 +61,8 @@ pub struct Journal {
     /// The journal file (a copy is fine).
     #[arg(long)]
     db: PathBuf,
-    /// Its log directory. Default: the one the journal recorded, if it exists here, else
-    /// `<db>-log` beside the file (where to put a copy of it).
+    /// Its log directory. Default: `<db>-log` beside the file if it is there (where to put a
+    /// copy of the log), else the one the journal recorded (the policy's `store.log_dir`).
     #[arg(long)]
     log_dir: Option<PathBuf>,
 }

@@ -579,6 +579,14 @@ mod tests {
         let n: i64 = offline.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 2, "item 2 is read from the recorded log directory");
         drop(offline);
+        // A copy of a log put beside the file is read instead (a copied journal's own).
+        let beside = log::dir_for(&path);
+        log_only(&beside, &[2, 3]);
+        let offline = schema::open_offline(&path, None).unwrap();
+        let n: i64 = offline.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3, "items 2 and 3 are read from beside the file");
+        drop(offline);
+        std::fs::remove_dir_all(&beside).unwrap();
         let (store, _) = SqliteStore::open_with_log(&path, &wal).unwrap();
         assert_eq!(store.card_exposure("a"), (2, 200));
         assert!(store.get("r2".into()).await.unwrap().is_some(), "replayed from the configured directory");

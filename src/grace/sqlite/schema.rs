@@ -141,9 +141,10 @@ pub fn open_reader(path: &std::path::Path) -> Result<Connection, StoreError> {
 
 /// Opens a journal for offline reading (the `lifeline grace` CLI): items still only in its log
 /// (after a crash) are laid over the file's items in temporary tables, so the reports see every
-/// item that was acknowledged. The log is read from `log_dir`, else from the directory the
-/// journal recorded if it exists here, else from `<file>-log/` (a copy made beside the file).
-/// Neither the journal nor its log is changed.
+/// item that was acknowledged. The log is read from `log_dir`, else from `<file>-log/` if it
+/// exists (the default, or a copy of the log made beside a copied file), else from the
+/// directory the journal recorded (its own `store.log_dir`). Neither the journal nor its log is
+/// changed.
 pub fn open_offline(path: &std::path::Path, log_dir: Option<&std::path::Path>) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
@@ -151,9 +152,9 @@ pub fn open_offline(path: &std::path::Path, log_dir: Option<&std::path::Path>) -
     conn.execute_batch("PRAGMA busy_timeout=10000;")?;
     let dir = match log_dir {
         Some(dir) => dir.to_path_buf(),
-        None => Some(super::recorded_log_dir(&conn, path))
+        None => Some(super::log::dir_for(path))
             .filter(|d| d.exists())
-            .unwrap_or_else(|| super::log::dir_for(path)),
+            .unwrap_or_else(|| super::recorded_log_dir(&conn, path)),
     };
     let logged = super::log::read_items(&dir).map_err(StoreError)?;
     if !logged.is_empty() {
