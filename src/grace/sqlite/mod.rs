@@ -190,18 +190,15 @@ fn with_thread_reader<T>(path: &Path, f: impl FnOnce(&Connection) -> Result<T, S
 }
 
 /// The log directory recorded in the journal when it was last opened, if any.
-fn log_dir_on_record(conn: &Connection) -> Option<PathBuf> {
-    conn.query_row("SELECT v FROM meta WHERE k = 'log_dir'", [], |r| r.get::<_, String>(0))
-        .optional()
-        .ok()
-        .flatten()
-        .map(PathBuf::from)
+fn log_dir_on_record(conn: &Connection) -> Result<Option<PathBuf>, StoreError> {
+    let v = conn.query_row("SELECT v FROM meta WHERE k = 'log_dir'", [], |r| r.get::<_, String>(0)).optional()?;
+    Ok(v.map(PathBuf::from))
 }
 
 /// The log directory the journal at `path` was last opened with (a journal from before it was
 /// recorded used the default one).
-pub fn recorded_log_dir(conn: &Connection, path: &Path) -> PathBuf {
-    log_dir_on_record(conn).unwrap_or_else(|| log::dir_for(path))
+pub fn recorded_log_dir(conn: &Connection, path: &Path) -> Result<PathBuf, StoreError> {
+    Ok(log_dir_on_record(conn)?.unwrap_or_else(|| log::dir_for(path)))
 }
 
 /// Makes `log_dir` the journal's log directory. If the journal was last opened with another
@@ -217,8 +214,9 @@ fn adopt_log_dir(conn: &mut Connection, path: &Path, log_dir: &Path) -> Result<(
     // mounted, say): starting with an empty one would hide whatever it held. (The default one
     // sits beside the file, on the same volume; a `.db` copied alone after a clean stop is
     // complete and may start without it.)
+    let recorded = log_dir_on_record(conn)?;
     let own = log_dir != log::dir_for(path);
-    if own && log_dir_on_record(conn).is_some_and(|d| same(&d, log_dir)) && !log_dir.exists() {
+    if own && recorded.as_deref().is_some_and(|d| same(d, log_dir)) && !log_dir.exists() {
         return Err(StoreError(format!(
             "the grace log directory {} is missing, and {} last wrote its log there: is its volume mounted? \
              (create it empty only if its contents are known to be lost)",
@@ -226,7 +224,10 @@ fn adopt_log_dir(conn: &mut Connection, path: &Path, log_dir: &Path) -> Result<(
             path.display()
         )));
     }
-    let previous = recorded_log_dir(conn, path);
+    if recorded.as_deref() == Some(log_dir) {
+        return Ok(());
+    }
+    let previous = recorded.unwrap_or_else(|| log::dir_for(path));
     if !same(&previous, log_dir) && previous.exists() {
         let items = insert_logged(conn, &previous)?;
         tracing::warn!(

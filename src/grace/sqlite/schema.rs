@@ -154,7 +154,7 @@ pub fn open_offline(path: &std::path::Path, log_dir: Option<&std::path::Path>) -
         Some(dir) => dir.to_path_buf(),
         None => Some(super::log::dir_for(path))
             .filter(|d| d.exists())
-            .unwrap_or_else(|| super::recorded_log_dir(&conn, path)),
+            .map_or_else(|| super::recorded_log_dir(&conn, path), Ok)?,
     };
     let logged = super::log::read_items(&dir).map_err(StoreError)?;
     if !logged.is_empty() {
