@@ -53,6 +53,7 @@ PROBE = obj({
     "timeoutSeconds": integer(minimum=1),
     "failureThreshold": integer(minimum=1),
 }, ["periodSeconds", "timeoutSeconds", "failureThreshold"])
+ACCESS_MODES = {"type": "array", "minItems": 1, "items": string(enum=["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany", "ReadOnlyMany"])}
 MONITOR = obj({
     "enabled": BOOL,
     "interval": PROM_DURATION,
@@ -161,13 +162,26 @@ schema = {
                 "persistentVolumeClaim": obj({
                     "size": QUANTITY,
                     "storageClassName": string(),
-                    "accessModes": {"type": "array", "minItems": 1, "items": string(enum=["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany", "ReadOnlyMany"])},
+                    "accessModes": ACCESS_MODES,
                     "retentionPolicy": obj({
                         "whenDeleted": string(enum=["Retain", "Delete"]),
                         "whenScaled": string(enum=["Retain", "Delete"]),
                     }, ["whenDeleted", "whenScaled"]),
                 }, ["size", "accessModes", "retentionPolicy"]),
             }, ["type"]),
+            "logVolume": obj({
+                "enabled": {"type": "boolean", "description": "A second volume, lifeline-grace-log, for the journal's write-ahead log (store.log_dir of every grace policy)."},
+                "mountPath": string(pattern="^/"),
+                "storage": obj({
+                    "type": string("Must equal graceJournal.storage.type: the log must be as persistent as the journal (the templates check it).", enum=["emptyDir", "persistentVolumeClaim"]),
+                    "emptyDir": obj({"medium": string(enum=["", "Memory"]), "sizeLimit": QUANTITY}),
+                    "persistentVolumeClaim": obj({
+                        "size": QUANTITY,
+                        "storageClassName": string(),
+                        "accessModes": ACCESS_MODES,
+                    }, ["size", "accessModes"]),
+                }, ["type"]),
+            }, ["enabled", "mountPath", "storage"]),
         }, ["mountPath", "storage"]),
         "podDisruptionBudget": obj({
             "enabled": BOOL,

@@ -121,8 +121,89 @@ lifeline/sidecar-of: {{ include "lifeline.fullname" . }}
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when graceJournal.logVolume is enabled. */}}
+{{- define "lifeline.logVolume.enabled" -}}
+{{- if ((.values.graceJournal.logVolume | default dict).enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the absolute path .path is strictly inside the directory .dir (by path
+     components: /var/lib/lifeline-log is not inside /var/lib/lifeline). */}}
+{{- define "lifeline.pathUnder" -}}
+{{- $path := clean (toString .path) -}}
+{{- $dir := clean (toString .dir) | trimSuffix "/" -}}
+{{- if and (isAbs $path) (hasPrefix (printf "%s/" $dir) $path) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Refuses grace volume settings that would lose or hide settlements. The log volume must be
+     apart from the journal volume, and exactly as lasting: Lifeline refuses to start when a log
+     directory the journal recorded is missing (it would hide the items it held), so an emptyDir
+     log beside a persistent journal stops the pod after every pod deletion, and a persistent log
+     beside an emptyDir journal outlives it. */}}
+{{- define "lifeline.checkGraceVolumes" -}}
+{{- $j := .values.graceJournal -}}
+{{- if include "lifeline.logVolume.enabled" . -}}
+{{- $log := $j.logVolume -}}
+{{- $a := clean $j.mountPath -}}
+{{- $b := clean $log.mountPath -}}
+{{- if or (eq $a $b) (include "lifeline.pathUnder" (dict "path" $a "dir" $b)) (include "lifeline.pathUnder" (dict "path" $b "dir" $a)) -}}
+{{- fail (printf "graceJournal.logVolume.mountPath (%s) must be a directory apart from graceJournal.mountPath (%s), neither equal to it nor one inside the other: each volume would hide the other's files" $log.mountPath $j.mountPath) -}}
+{{- end -}}
+{{- if ne $log.storage.type $j.storage.type -}}
+{{- if eq $j.storage.type "persistentVolumeClaim" -}}
+{{- fail (printf "graceJournal.logVolume.storage.type is %s but graceJournal.storage.type is persistentVolumeClaim: set graceJournal.logVolume.storage.type to persistentVolumeClaim. The log must be as persistent as the journal: after a pod deletion an emptyDir log is gone while the journal's claim remains, and Lifeline then refuses to start (the log directory the journal recorded is missing) rather than hide the settlements it held" $log.storage.type) -}}
+{{- else -}}
+{{- fail (printf "graceJournal.logVolume.storage.type is %s but graceJournal.storage.type is %s: the log must not outlive its journal (after a pod deletion a new, empty journal would meet an old log); put the journal on a persistentVolumeClaim too, or the log on an emptyDir" $log.storage.type $j.storage.type) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks every grace policy's store paths against the pod's volumes (the root filesystem is
+     read-only, so they are the only places Lifeline can write) and, with graceJournal.logVolume,
+     puts each policy's write-ahead log on it: store.log_dir defaults to <logVolume.mountPath>/<policy>;
+     one set in config must be a directory under logVolume.mountPath. Changes $cfg in place. */}}
+{{- define "lifeline.graceStores" -}}
+{{- $j := .values.graceJournal -}}
+{{- $logOn := include "lifeline.logVolume.enabled" . -}}
+{{- $seen := dict -}}
+{{- range $name, $p := (.cfg.grace | default dict) -}}
+{{- if and (kindIs "map" $p) (kindIs "map" $p.store) -}}
+{{- $store := $p.store -}}
+{{- $key := printf "config.grace.%s.store" $name -}}
+{{- if not (include "lifeline.pathUnder" (dict "path" $store.sqlite "dir" $j.mountPath)) -}}
+{{- fail (printf "%s.sqlite (%v) must be an absolute path under graceJournal.mountPath (%s): the journal volume is the only place for it (the root filesystem is read-only)" $key $store.sqlite $j.mountPath) -}}
+{{- end -}}
+{{- if $logOn -}}
+{{- $logMount := $j.logVolume.mountPath -}}
+{{- if $store.log_dir -}}
+{{- if not (include "lifeline.pathUnder" (dict "path" $store.log_dir "dir" $logMount)) -}}
+{{- fail (printf "%s.log_dir (%v) must be a directory under graceJournal.logVolume.mountPath (%s), not the mount point itself (an empty volume mounted in place of the log must look missing, so that Lifeline refuses to start rather than hide settlements); or leave it out: the chart sets %s/%s" $key $store.log_dir $logMount (clean $logMount | trimSuffix "/") $name) -}}
+{{- end -}}
+{{- else -}}
+{{- if not (regexMatch "^[A-Za-z0-9_-][A-Za-z0-9._-]*$" $name) -}}
+{{- fail (printf "%s.log_dir: the grace policy name %q cannot name a directory; set log_dir to a directory under graceJournal.logVolume.mountPath (%s)" $key $name $logMount) -}}
+{{- end -}}
+{{- $_ := set $store "log_dir" (printf "%s/%s" (clean $logMount | trimSuffix "/") $name) -}}
+{{- end -}}
+{{- else if $store.log_dir -}}
+{{- if not (include "lifeline.pathUnder" (dict "path" $store.log_dir "dir" $j.mountPath)) -}}
+{{- fail (printf "%s.log_dir (%v) is on no volume of the pod: put it under graceJournal.mountPath (%s), or enable graceJournal.logVolume and put it under graceJournal.logVolume.mountPath" $key $store.log_dir $j.mountPath) -}}
+{{- end -}}
+{{- end -}}
+{{- with $store.log_dir -}}
+{{- $dir := clean (toString .) -}}
+{{- if hasKey $seen $dir -}}
+{{- fail (printf "%s.log_dir (%s) is also policy %s's log directory: two grace policies cannot share one" $key $dir (get $seen $dir)) -}}
+{{- end -}}
+{{- $_ := set $seen $dir $name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Lifeline config file rendered from .values.config. The chart owns the keys that must
-     match the pod: listen, admin.listen, admin.token_file; and chaos follows chaos.enabled. */}}
+     match the pod: listen, admin.listen, admin.token_file; chaos follows chaos.enabled; with
+     graceJournal.logVolume each grace policy's store.log_dir is on the log volume. */}}
 {{- define "lifeline.configYaml" -}}
 {{- $v := .values -}}
 {{- $cfg := deepCopy ($v.config | default dict) -}}
@@ -146,6 +227,8 @@ lifeline/sidecar-of: {{ include "lifeline.fullname" . }}
 {{- else if $chaos.enabled -}}
 {{- fail "config.chaos.enabled is true but chaos.enabled is false: fault injection is switched on with the top-level chaos.enabled" -}}
 {{- end -}}
+{{- include "lifeline.checkGraceVolumes" . -}}
+{{- include "lifeline.graceStores" (dict "values" $v "cfg" $cfg) -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
@@ -178,8 +261,16 @@ GRACE JOURNAL STORAGE: {{ .values.graceJournal.storage.type }} at {{ .values.gra
   Eviction, a rollout or a node loss deletes provisional settlements that were not forwarded yet.
   For production payment traffic use graceJournal.storage.type=persistentVolumeClaim.
 {{- else }}
-  One PersistentVolumeClaim per pod (lifeline-grace-<pod>), retention on delete/scale-in:
+  One PersistentVolumeClaim per pod (lifeline-grace-<pod>{{ if include "lifeline.logVolume.enabled" . }}, and lifeline-grace-log-<pod> for the log{{ end }}), retention on delete/scale-in:
   {{ .values.graceJournal.storage.persistentVolumeClaim.retentionPolicy.whenDeleted }}/{{ .values.graceJournal.storage.persistentVolumeClaim.retentionPolicy.whenScaled }}.
-  A claim left by a scale-in still holds settlements: read it with `lifeline grace status --db FILE`.
+  A claim left by a scale-in still holds settlements: read it with `lifeline grace status --db FILE{{ if include "lifeline.logVolume.enabled" . }} --log-dir DIR{{ end }}`.
+{{- end }}
+{{- if include "lifeline.logVolume.enabled" . }}
+GRACE LOG VOLUME: {{ .values.graceJournal.logVolume.storage.type }} at {{ .values.graceJournal.logVolume.mountPath }} (each grace policy's store.log_dir is under it).
+  Lifeline refuses to start if a log directory its journal recorded is missing: keep this volume
+  with the journal's. Copy both (the .db, .db-wal and the policy's log directory) to read a journal offline.
+{{- if not (.values.config | default dict).grace }}
+  No grace policy is configured (config.grace): the log volume is unused.
+{{- end }}
 {{- end }}
 {{- end -}}

@@ -13,6 +13,10 @@ An application chart depends on this chart (mode: sidecar) and, in its pod templ
       - name: app ...   (talks to http://127.0.0.1:15001 instead of the services)
     volumes:        {{- include "lifeline.sidecar.volumes" $ll | nindent 8 }}
 
+and, in a StatefulSet when graceJournal.storage.type is persistentVolumeClaim,
+volumeClaimTemplates: {{- include "lifeline.sidecar.volumeClaimTemplates" $ll | nindent 4 }} (the
+journal's claim, and the log's with graceJournal.logVolume).
+
 with `$ll := dict "top" $ "values" .Values.lifeline`. In native mode `initContainers` holds Lifeline
 (first, so the app starts only after Lifeline's startup probe passes) and `containers` adds nothing;
 in legacy mode it is the other way round. Put the include first in each list.
@@ -80,12 +84,18 @@ in legacy mode it is the other way round. Put the include first in each list.
       readOnly: true
     - name: lifeline-grace
       mountPath: {{ $v.graceJournal.mountPath }}
+    {{- if include "lifeline.logVolume.enabled" . }}
+    - name: lifeline-grace-log
+      mountPath: {{ $v.graceJournal.logVolume.mountPath }}
+    {{- end }}
 {{- end -}}
 
 {{/* Volumes of a pod running Lifeline. The grace volume is an emptyDir, or comes from a
-     volumeClaimTemplate named lifeline-grace when the journal is persistent. */}}
+     volumeClaimTemplate named lifeline-grace when the journal is persistent; the same goes for
+     the log volume (graceJournal.logVolume), lifeline-grace-log, when it is enabled. */}}
 {{- define "lifeline.volumes" -}}
 {{- $v := .values -}}
+{{- include "lifeline.checkGraceVolumes" . -}}
 - name: lifeline-config
   configMap:
     name: {{ include "lifeline.configMapName" . }}
@@ -94,24 +104,40 @@ in legacy mode it is the other way round. Put the include first in each list.
     secretName: {{ include "lifeline.secretName" . }}
     defaultMode: {{ ternary 288 292 (eq $v.mode "gateway") }}
 {{- if eq $v.graceJournal.storage.type "emptyDir" }}
-- name: lifeline-grace
-  emptyDir:
-    {{- with $v.graceJournal.storage.emptyDir.medium }}
-    medium: {{ . }}
-    {{- end }}
-    {{- with $v.graceJournal.storage.emptyDir.sizeLimit }}
-    sizeLimit: {{ . }}
-    {{- end }}
+{{ include "lifeline.emptyDirVolume" (dict "name" "lifeline-grace" "emptyDir" $v.graceJournal.storage.emptyDir) }}
+{{- end }}
+{{- if include "lifeline.logVolume.enabled" . }}
+{{- if eq $v.graceJournal.logVolume.storage.type "emptyDir" }}
+{{ include "lifeline.emptyDirVolume" (dict "name" "lifeline-grace-log" "emptyDir" $v.graceJournal.logVolume.storage.emptyDir) }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
-{{- define "lifeline.volumeClaimTemplates" -}}
-{{- $p := .values.graceJournal.storage.persistentVolumeClaim -}}
-{{- if eq .values.graceJournal.storage.type "persistentVolumeClaim" -}}
+{{/* One emptyDir volume. Context: dict "name" NAME "emptyDir" (medium, sizeLimit). */}}
+{{- define "lifeline.emptyDirVolume" -}}
+{{- $e := .emptyDir | default dict -}}
+- name: {{ .name }}
+  {{- if or $e.medium $e.sizeLimit }}
+  emptyDir:
+    {{- with $e.medium }}
+    medium: {{ . }}
+    {{- end }}
+    {{- with $e.sizeLimit }}
+    sizeLimit: {{ . }}
+    {{- end }}
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+{{- end -}}
+
+{{/* One PersistentVolumeClaim template. Context: dict "name" NAME "claim" (size,
+     storageClassName, accessModes). */}}
+{{- define "lifeline.claimTemplate" -}}
+{{- $p := .claim -}}
 - apiVersion: v1
   kind: PersistentVolumeClaim
   metadata:
-    name: lifeline-grace
+    name: {{ .name }}
   spec:
     accessModes: {{ toJson $p.accessModes }}
     {{- with $p.storageClassName }}
@@ -120,6 +146,20 @@ in legacy mode it is the other way round. Put the include first in each list.
     resources:
       requests:
         storage: {{ $p.size }}
+{{- end -}}
+
+{{/* The claims of a StatefulSet running Lifeline: lifeline-grace when the journal is persistent,
+     and lifeline-grace-log when the log volume is enabled (then persistent too: see
+     lifeline.checkGraceVolumes). Both follow the StatefulSet's one
+     persistentVolumeClaimRetentionPolicy, graceJournal.storage.persistentVolumeClaim.retentionPolicy. */}}
+{{- define "lifeline.volumeClaimTemplates" -}}
+{{- $v := .values -}}
+{{- include "lifeline.checkGraceVolumes" . -}}
+{{- if eq $v.graceJournal.storage.type "persistentVolumeClaim" -}}
+{{- include "lifeline.claimTemplate" (dict "name" "lifeline-grace" "claim" $v.graceJournal.storage.persistentVolumeClaim) -}}
+{{- if include "lifeline.logVolume.enabled" . }}
+{{ include "lifeline.claimTemplate" (dict "name" "lifeline-grace-log" "claim" $v.graceJournal.logVolume.storage.persistentVolumeClaim) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -153,7 +193,8 @@ in legacy mode it is the other way round. Put the include first in each list.
 {{- include "lifeline.volumes" . -}}
 {{- end -}}
 
-{{/* For a StatefulSet application with graceJournal.storage.type persistentVolumeClaim. */}}
+{{/* For a StatefulSet application with graceJournal.storage.type persistentVolumeClaim: the
+     journal's claim, and the log's when graceJournal.logVolume is enabled. */}}
 {{- define "lifeline.sidecar.volumeClaimTemplates" -}}
 {{- include "lifeline.sidecar.check" . -}}
 {{- include "lifeline.volumeClaimTemplates" . -}}
