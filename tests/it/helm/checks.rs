@@ -108,9 +108,103 @@ fn values_the_schema_cannot_judge_fail_rendering_with_a_reason() {
         // Refused by the embedded config schema until the config has a chaos section, then by the
         // template ("fault injection is switched on with the top-level chaos.enabled").
         (&["--set", "config.chaos.enabled=true"], "chaos"),
+        // The grace log volume (graceJournal.logVolume): as persistent as the journal, apart from
+        // it, and every policy's log_dir on it.
+        (
+            &["--set", "graceJournal.logVolume.enabled=true", "--set", "graceJournal.storage.type=persistentVolumeClaim"],
+            "graceJournal.logVolume.storage.type is emptyDir but graceJournal.storage.type is persistentVolumeClaim: set graceJournal.logVolume.storage.type to persistentVolumeClaim",
+        ),
+        (
+            &["--set", "graceJournal.logVolume.enabled=true", "--set", "graceJournal.logVolume.storage.type=persistentVolumeClaim"],
+            "graceJournal.logVolume.storage.type is persistentVolumeClaim but graceJournal.storage.type is emptyDir",
+        ),
+        (
+            &["--set", "graceJournal.logVolume.enabled=true", "--set", "graceJournal.logVolume.mountPath=/var/lib/lifeline/"],
+            "graceJournal.logVolume.mountPath (/var/lib/lifeline/) must be a directory apart from graceJournal.mountPath (/var/lib/lifeline)",
+        ),
+        (
+            &["--set", "graceJournal.logVolume.enabled=true", "--set", "graceJournal.logVolume.mountPath=/var/lib/lifeline/log"],
+            "graceJournal.logVolume.mountPath (/var/lib/lifeline/log) must be a directory apart from graceJournal.mountPath",
+        ),
+        (
+            &["--set", "graceJournal.logVolume.enabled=true", "--set", "graceJournal.logVolume.mountPath=/var"],
+            "graceJournal.logVolume.mountPath (/var) must be a directory apart from graceJournal.mountPath",
+        ),
+        (
+            &[
+                "-f",
+                "helm/examples/gateway-separate-log.yaml",
+                "--set",
+                "config.grace.settlement.store.log_dir=/var/lib/lifeline/settlement-log",
+            ],
+            "config.grace.settlement.store.log_dir (/var/lib/lifeline/settlement-log) must be a directory under graceJournal.logVolume.mountPath (/var/lib/lifeline-log)",
+        ),
+        (
+            &["-f", "helm/examples/gateway-separate-log.yaml", "--set", "config.grace.settlement.store.log_dir=/var/lib/lifeline-log"],
+            "config.grace.settlement.store.log_dir (/var/lib/lifeline-log) must be a directory under graceJournal.logVolume.mountPath",
+        ),
+        (
+            &["-f", "helm/examples/gateway-separate-log.yaml", "--set", "config.grace.settlement.store.sqlite=/var/lib/lifeline-log/g.db"],
+            "config.grace.settlement.store.sqlite (/var/lib/lifeline-log/g.db) must be an absolute path under graceJournal.mountPath",
+        ),
+        (
+            &[
+                "-f",
+                "helm/examples/gateway-separate-log.yaml",
+                "--set",
+                "graceJournal.logVolume.enabled=false",
+                "--set",
+                "config.grace.settlement.store.log_dir=/var/lib/lifeline-log/settlement",
+            ],
+            "config.grace.settlement.store.log_dir (/var/lib/lifeline-log/settlement) is on no volume of the pod",
+        ),
     ];
     for (args, expected) in cases {
         let out = helm(&[&["template", "rel", "helm/lifeline"], *args].concat());
+        let report = text(&out);
+        assert!(!out.status.success() && report.contains(expected), "{args:?}: expected {expected:?} in:\n{report}");
+    }
+}
+
+#[test]
+fn grace_log_volume_mistakes_fail_application_charts_too_and_policies_never_share_a_log_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    // A second policy whose log_dir is the one the chart gives the first.
+    let shared = dir.path().join("shared.yaml");
+    std::fs::write(
+        &shared,
+        "config:\n  grace:\n    refund:\n      store: { sqlite: /var/lib/lifeline/refund.db, log_dir: /var/lib/lifeline-log/settlement }\n      card_no: /card_no\n      amount_fen: /amount_fen\n      hospital_id: /hospital_id\n      limits:\n        per_settlement: 50000\n        per_card: { hard: { count: 4 } }\n        total: { count: 100, amount: 5000000 }\n",
+    )
+    .unwrap();
+    let shared = shared.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["helm/lifeline", "-f", "helm/examples/gateway-separate-log.yaml", "-f", shared],
+            "config.grace.settlement.store.log_dir (/var/lib/lifeline-log/settlement) is also policy refund's log directory",
+        ),
+        (
+            &[
+                "helm/examples/app",
+                "-f",
+                "helm/examples/app-separate-log.yaml",
+                "--set",
+                "lifeline.graceJournal.logVolume.storage.type=emptyDir",
+            ],
+            "set graceJournal.logVolume.storage.type to persistentVolumeClaim",
+        ),
+        (
+            &[
+                "helm/examples/app",
+                "-f",
+                "helm/examples/app-separate-log.yaml",
+                "--set",
+                "lifeline.config.grace.settlement.store.log_dir=/var/lib/lifeline/settlement-log",
+            ],
+            "config.grace.settlement.store.log_dir (/var/lib/lifeline/settlement-log) must be a directory under graceJournal.logVolume.mountPath (/var/lib/lifeline-wal)",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = helm(&[&["template", "rel"], *args].concat());
         let report = text(&out);
         assert!(!out.status.success() && report.contains(expected), "{args:?}: expected {expected:?} in:\n{report}");
     }

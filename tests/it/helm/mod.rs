@@ -7,7 +7,7 @@
 //!
 //! helm and kubernetes-validate come from `scripts/install-deps` (into .tools/). A missing tool is
 //! a failure that says so, never a skipped test. Each chart variant is linted and rendered once
-//! per test binary run (a shared `OnceLock`), so helm runs about fifteen times in all.
+//! per test binary run (a shared `OnceLock`); the tests of bad values render on their own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -74,6 +74,18 @@ const VARIANTS: &[Variant] = &[
         name: "app-persistent",
         chart: "helm/examples/app",
         values: Some("helm/examples/app-persistent-grace.yaml"),
+        kube: None,
+    },
+    Variant {
+        name: "gateway-separate-log",
+        chart: "helm/lifeline",
+        values: Some("helm/examples/gateway-separate-log.yaml"),
+        kube: None,
+    },
+    Variant {
+        name: "app-separate-log",
+        chart: "helm/examples/app",
+        values: Some("helm/examples/app-separate-log.yaml"),
         kube: None,
     },
 ];

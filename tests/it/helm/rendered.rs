@@ -3,7 +3,7 @@
 
 use serde_yaml::Value;
 
-use super::{kind, one, rendered, root};
+use super::{docs, helm, kind, one, rendered, renders, root, text};
 
 #[test]
 fn gateway_defaults_hide_admin_port_and_budget_the_shutdown() {
@@ -55,6 +55,127 @@ fn persistent_grace_makes_a_statefulset_with_a_claim_per_pod() {
     assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "lifeline-grace");
     let volumes = sts["spec"]["template"]["spec"]["volumes"].as_sequence().unwrap();
     assert!(volumes.iter().all(|v| v["name"] != "lifeline-grace"), "the claim replaces the emptyDir");
+}
+
+/// The names and mount paths of a container's volume mounts.
+fn mounts(container: &Value) -> Vec<(&str, &str)> {
+    container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["mountPath"].as_str().unwrap()))
+        .collect()
+}
+
+fn names<'a>(list: &'a Value, what: &str) -> Vec<&'a str> {
+    list.as_sequence().unwrap_or_else(|| panic!("no {what}")).iter().map(|v| v["name"].as_str().unwrap()).collect()
+}
+
+fn claim_names(sts: &Value) -> Vec<&str> {
+    sts["spec"]["volumeClaimTemplates"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap())
+        .collect()
+}
+
+/// Each grace policy's `store.log_dir` in the rendered config.
+fn log_dirs(config: &Value) -> Vec<(String, String)> {
+    config["grace"]
+        .as_mapping()
+        .expect("the rendered config has grace policies")
+        .iter()
+        .map(|(k, p)| (k.as_str().unwrap().to_string(), p["store"]["log_dir"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+#[test]
+fn separate_grace_log_gets_a_second_claim_a_mount_and_every_log_dir() {
+    let docs = rendered("gateway-separate-log");
+    assert!(kind(&docs, "Deployment").is_empty());
+    let sts = one(&docs, "StatefulSet");
+    assert_eq!(claim_names(sts), ["lifeline-grace", "lifeline-grace-log"]);
+    let log_claim = &sts["spec"]["volumeClaimTemplates"][1]["spec"];
+    assert_eq!(log_claim["storageClassName"], "local-nvme");
+    assert_eq!(log_claim["resources"]["requests"]["storage"], "2Gi");
+    assert_eq!(log_claim["accessModes"][0], "ReadWriteOncePod");
+    assert_eq!(sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"], "Retain");
+    let pod = &sts["spec"]["template"]["spec"];
+    let m = mounts(&pod["containers"][0]);
+    assert!(m.contains(&("lifeline-grace", "/var/lib/lifeline")), "{m:?}");
+    assert!(m.contains(&("lifeline-grace-log", "/var/lib/lifeline-log")), "{m:?}");
+    let volumes = names(&pod["volumes"], "volumes");
+    assert!(!volumes.iter().any(|v| v.starts_with("lifeline-grace")), "the claims replace the emptyDirs: {volumes:?}");
+    // The example leaves log_dir out: the chart puts it under the log mount, one per policy.
+    assert_eq!(
+        log_dirs(&one_config(&docs)),
+        [("settlement".to_string(), "/var/lib/lifeline-log/settlement".to_string())]
+    );
+
+    let app = rendered("app-separate-log");
+    let sts = one(&app, "StatefulSet");
+    assert_eq!(claim_names(sts), ["lifeline-grace", "lifeline-grace-log"]);
+    assert_eq!(sts["spec"]["volumeClaimTemplates"][1]["spec"]["storageClassName"], "local-nvme");
+    let pod = &sts["spec"]["template"]["spec"];
+    assert_eq!(pod["initContainers"][0]["name"], "lifeline");
+    let m = mounts(&pod["initContainers"][0]);
+    assert!(m.contains(&("lifeline-grace", "/var/lib/lifeline")), "{m:?}");
+    assert!(m.contains(&("lifeline-grace-log", "/var/lib/lifeline-wal")), "{m:?}");
+    assert!(pod["containers"][0]["volumeMounts"].is_null(), "the app itself mounts no grace volume");
+    // Written out in the example, and kept.
+    assert_eq!(
+        log_dirs(&one_config(&app)),
+        [("settlement".to_string(), "/var/lib/lifeline-wal/settlement".to_string())]
+    );
+}
+
+#[test]
+fn grace_log_volume_off_renders_nothing_and_on_emptydir_renders_a_second_emptydir() {
+    for r in &renders().all {
+        let on = r.name.ends_with("separate-log");
+        assert_eq!(r.manifest.contains("lifeline-grace-log"), on, "{}: lifeline-grace-log only with logVolume", r.name);
+        if !on {
+            assert!(!r.manifest.contains("log_dir"), "{}: no log_dir unless logVolume sets it", r.name);
+        }
+    }
+
+    let grace = "config:\n  grace:\n    settlement:\n      store: { sqlite: /var/lib/lifeline/settlement.db }\n      card_no: /card_no\n      amount_fen: /amount_fen\n      hospital_id: /hospital_id\n      limits:\n        per_settlement: 50000\n        per_card: { hard: { count: 4 } }\n        total: { count: 100, amount: 5000000 }\n    refund:\n      store: { sqlite: /var/lib/lifeline/refund.db }\n      card_no: /card_no\n      amount_fen: /amount_fen\n      hospital_id: /hospital_id\n      limits:\n        per_settlement: 50000\n        per_card: { hard: { count: 4 } }\n        total: { count: 100, amount: 5000000 }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let values = dir.path().join("grace.yaml");
+    std::fs::write(&values, grace).unwrap();
+    let values = values.to_str().unwrap();
+    let args = ["--set", "graceJournal.logVolume.enabled=true", "--set", "graceJournal.logVolume.mountPath=/wal/"];
+    let docs = render(&[&["helm/lifeline", "-f", values], args.as_slice()].concat());
+    let pod = &one(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert!(mounts(&pod["containers"][0]).contains(&("lifeline-grace-log", "/wal/")));
+    let log = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == "lifeline-grace-log").unwrap();
+    assert_eq!(log["emptyDir"]["sizeLimit"], "1Gi");
+    assert_eq!(
+        log_dirs(&one_config(&docs)),
+        [("refund".to_string(), "/wal/refund".to_string()), ("settlement".to_string(), "/wal/settlement".to_string())]
+    );
+
+    // A legacy sidecar (an ordinary container) mounts it too.
+    let legacy = render(&[
+        "helm/examples/app",
+        "-f",
+        "helm/examples/app-legacy-sidecar.yaml",
+        "--kube-version",
+        "1.28.0",
+        "--set",
+        "lifeline.graceJournal.logVolume.enabled=true",
+    ]);
+    let pod = &one(&legacy, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["name"], "lifeline");
+    assert!(mounts(&pod["containers"][0]).contains(&("lifeline-grace-log", "/var/lib/lifeline-log")));
+    assert!(names(&pod["volumes"], "volumes").contains(&"lifeline-grace-log"));
+}
+
+fn render(args: &[&str]) -> Vec<Value> {
+    let out = helm(&[&["template", "rel", "--namespace", "sscard"], args].concat());
+    assert!(out.status.success(), "helm template {args:?}:\n{}", text(&out));
+    docs(&String::from_utf8(out.stdout).unwrap())
 }
 
 #[test]
