@@ -205,15 +205,18 @@ pub fn recorded_log_dir(conn: &Connection, path: &Path) -> Result<PathBuf, Store
 /// one that still exists, every item in it is written into the database first (durably, those
 /// already there left alone), so moving the log never hides an acknowledged item; the old
 /// directory is left as it was, for the operator to remove.
+///
+/// A log directory that has gone missing is refused when it may have held items the database
+/// does not: when it is a directory of its own that the journal last wrote to (its volume not
+/// mounted, say), and whenever the journal did not stop cleanly since it last wrote there
+/// (`log_clean`, below), whichever directory is configured now. A journal that stopped cleanly
+/// had everything in the database and its log emptied, so a `.db` copied alone after a clean
+/// stop starts without its log.
 fn adopt_log_dir(conn: &mut Connection, path: &Path, log_dir: &Path) -> Result<(), StoreError> {
     let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
     };
-    // A log directory of its own that this journal last wrote to has gone (its volume not
-    // mounted, say): starting with an empty one would hide whatever it held. (The default one
-    // sits beside the file, on the same volume; a `.db` copied alone after a clean stop is
-    // complete and may start without it.)
     let recorded = log_dir_on_record(conn)?;
     let own = log_dir != log::dir_for(path);
     if own && recorded.as_deref().is_some_and(|d| same(d, log_dir)) && !log_dir.exists() {
@@ -224,21 +227,39 @@ fn adopt_log_dir(conn: &mut Connection, path: &Path, log_dir: &Path) -> Result<(
             path.display()
         )));
     }
-    if recorded.as_deref() == Some(log_dir) {
-        return Ok(());
+    let previous = recorded.clone().unwrap_or_else(|| log::dir_for(path));
+    if log_left_dirty(conn)? && !previous.exists() {
+        return Err(StoreError(format!(
+            "{} did not stop cleanly the last time it ran, and the grace log directory it wrote then, {}, is missing: \
+             settlements acknowledged since may be only there. Mount it again{} (create it empty only if its \
+             contents are known to be lost)",
+            path.display(),
+            previous.display(),
+            if same(&previous, log_dir) { "" } else { " or point store.log_dir back at it" },
+        )));
     }
-    let previous = recorded.unwrap_or_else(|| log::dir_for(path));
-    if !same(&previous, log_dir) && previous.exists() {
-        let items = insert_logged(conn, &previous)?;
-        tracing::warn!(
-            from = %previous.display(),
-            to = %log_dir.display(),
-            items,
-            "the grace log has moved: what the old directory held is in the journal now; the old directory is no longer used and can be removed"
-        );
+    if recorded.as_deref() != Some(log_dir) {
+        if !same(&previous, log_dir) && previous.exists() {
+            let items = insert_logged(conn, &previous)?;
+            tracing::warn!(
+                from = %previous.display(),
+                to = %log_dir.display(),
+                items,
+                "the grace log has moved: what the old directory held is in the journal now; the old directory is no longer used and can be removed"
+            );
+        }
+        conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('log_dir', ?1)", params![log_dir.to_string_lossy()])?;
     }
-    conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('log_dir', ?1)", params![log_dir.to_string_lossy()])?;
+    // From here until a clean close, the log may hold items the database does not.
+    conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('log_clean', '0')", [])?;
     Ok(())
+}
+
+/// Whether the journal was opened and has not been closed cleanly since (`log_clean` is `0`).
+/// A journal from before this was recorded says nothing, and is taken as clean, as before.
+fn log_left_dirty(conn: &Connection) -> Result<bool, StoreError> {
+    let v = conn.query_row("SELECT v FROM meta WHERE k = 'log_clean'", [], |r| r.get::<_, String>(0)).optional()?;
+    Ok(v.as_deref() == Some("0"))
 }
 
 /// Writes every item in the log into the database (those already there are left alone), with
@@ -629,6 +650,58 @@ mod tests {
         let (store, _) = SqliteStore::open(&path).unwrap();
         assert_eq!(store.card_exposure("a"), (4, 400), "nothing doubled, item 4 kept");
         store.close();
+    }
+
+    /// What a `kill -9` leaves behind: the journal marked as not stopped cleanly (as every open
+    /// marks it) and items that only reached the log.
+    fn as_if_killed(path: &Path, log_dir: &Path, n: &[u32]) {
+        log_only(log_dir, n);
+        let conn = Connection::open(path).unwrap();
+        conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('log_clean', '0')", []).unwrap();
+    }
+
+    /// A log directory that has gone missing after an unclean stop is refused whichever
+    /// directory is configured now (the default included): the items only it held would be
+    /// hidden. After a clean stop nothing is only there, and the same start goes ahead.
+    #[tokio::test]
+    async fn a_missing_log_directory_is_refused_after_an_unclean_stop_whichever_is_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let own = dir.path().join("vol").join("log");
+        let away = dir.path().join("unmounted");
+        let (store, _) = SqliteStore::open_with_log(&path, &own).unwrap();
+        assert!(matches!(store.append(item(1, "a"), limits(10)).await.unwrap(), AppendOutcome::Accepted(_)));
+        store.close();
+        drop(store);
+        as_if_killed(&path, &own, &[2]);
+        std::fs::rename(&own, &away).unwrap();
+
+        let err = SqliteStore::open(&path).err().expect("back to the default with the old log gone: refused");
+        assert!(err.0.contains("did not stop cleanly") && err.0.contains("vol/log"), "{}", err.0);
+        assert!(err.0.contains("point store.log_dir back at it"), "{}", err.0);
+        let elsewhere = dir.path().join("elsewhere");
+        let err = SqliteStore::open_with_log(&path, &elsewhere).err().expect("another directory: refused too");
+        assert!(err.0.contains("did not stop cleanly"), "{}", err.0);
+        assert!(!elsewhere.exists() && !log::dir_for(&path).exists(), "a refused start creates no log");
+        let err = SqliteStore::open_with_log(&path, &own).err().expect("its own directory, missing: refused");
+        assert!(err.0.contains("is missing"), "{}", err.0);
+
+        std::fs::rename(&away, &own).unwrap();
+        let (store, _) = SqliteStore::open_with_log(&path, &own).unwrap();
+        assert_eq!(store.card_exposure("a"), (2, 200), "item 2 came back with its directory");
+        store.close();
+        drop(store);
+        // A clean stop: the database holds everything and the log is empty.
+        std::fs::rename(&own, &away).unwrap();
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.card_exposure("a"), (2, 200));
+        store.close();
+        drop(store);
+        // The default directory, deleted after a kill, is refused too.
+        as_if_killed(&path, &log::dir_for(&path), &[3]);
+        std::fs::remove_dir_all(log::dir_for(&path)).unwrap();
+        let err = SqliteStore::open(&path).err().expect("the default directory gone after a kill: refused");
+        assert!(err.0.contains("did not stop cleanly") && err.0.contains("Mount it again ("), "{}", err.0);
     }
 
     /// Lane heads only, in journal order: an item is due when every earlier item of its card is

@@ -159,11 +159,20 @@ impl Applier {
             .execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_checkpoint(TRUNCATE);")
             .map_err(|e| e.to_string());
         match folded {
-            Ok(()) if self.carry.is_empty() => {
-                if let Err(e) = log::recycle(&self.log_dir, u64::MAX, None) {
-                    tracing::warn!(error = %e, "cannot recycle the grace log (it is replayed on the next start)");
+            Ok(()) if self.carry.is_empty() => match log::recycle(&self.log_dir, u64::MAX, None) {
+                // Everything is in the database and the log is empty: a start that finds the
+                // log directory gone hides nothing (`adopt_log_dir`).
+                // Folded into the file too, so a copy of the file alone says so.
+                Ok(()) => {
+                    let marked = self.conn.execute_batch(
+                        "INSERT OR REPLACE INTO meta(k, v) VALUES ('log_clean', '1'); PRAGMA wal_checkpoint(TRUNCATE);",
+                    );
+                    if let Err(e) = marked {
+                        tracing::warn!(error = %e, "cannot record the clean stop of the grace journal");
+                    }
                 }
-            }
+                Err(e) => tracing::warn!(error = %e, "cannot recycle the grace log (it is replayed on the next start)"),
+            },
             Ok(()) => tracing::warn!("grace items left unapplied; the log keeps them for the next start"),
             Err(e) => tracing::warn!(error = %e, "journal checkpoint on close failed (the WAL file holds the rest)"),
         }

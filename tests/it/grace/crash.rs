@@ -180,3 +180,69 @@ async fn kill_9_against_a_slow_backend_resolves_ambiguity_by_query() {
 async fn kill_9_with_a_flapping_backend_during_replay_charges_once() {
     crash_run(PayBackend::down_at_start().await, 2, true).await;
 }
+
+/// The journal's log on a directory of its own (`store.log_dir`, a volume of its own in a pod),
+/// `kill -9`, then a restart whose config no longer names that directory while it is not there
+/// (its volume dropped from the pod spec): the sidecar refuses to start rather than hide what
+/// only that log held. With the directory back, every 202 reaches the backend exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_then_a_start_without_its_log_directory_is_refused_and_nothing_is_lost() {
+    let backend = PayBackend::down_at_start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("g.db");
+    let wal = dir.path().join("log-volume").join("settlement");
+    let (p1, p2) = (free_port(), free_port());
+    let (listen, admin) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
+    let plain = yaml_on(&listen, &admin, backend.addr, &db, ROOMY, FAST, "");
+    let sqlite = format!("sqlite: {} }}", db.display());
+    let with_log = plain.replace(&sqlite, &format!("sqlite: {}, log_dir: {} }}", db.display(), wal.display()));
+    assert_ne!(plain, with_log);
+    let cfg = dir.path().join("lifeline.yaml");
+    std::fs::write(&cfg, &with_log).unwrap();
+    let mut proc = Proc::start(&cfg, &admin).await;
+    let client = http1();
+    let base = format!("http://{listen}");
+    let mut accepted = Vec::new();
+    for n in 0..30 {
+        let key = format!("vol-{n}");
+        let body = settlement("110101199003071234", 100 + n, "H1");
+        let (status, body) = try_settle(&client, &base, &key, &body).await.expect("an answer");
+        assert_eq!(status, 202, "{body}");
+        accepted.push(key);
+    }
+    // Killed right after the last 202: the applier (every 250 ms) has not copied the last
+    // items from the log into the database.
+    proc.kill9();
+
+    let away = dir.path().join("unmounted");
+    std::fs::rename(&wal, &away).unwrap();
+    std::fs::write(&cfg, &plain).unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_lifeline"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("a refused start exits")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without the log directory: {stderr}");
+    assert!(stderr.contains("did not stop cleanly") && stderr.contains("log-volume/settlement"), "{stderr}");
+
+    std::fs::rename(&away, &wal).unwrap();
+    std::fs::write(&cfg, &with_log).unwrap();
+    proc.restart().await;
+    backend.up().await;
+    let done = eventually(Duration::from_secs(30), || async {
+        let s = journal_states(&db);
+        s.get("settled").copied().unwrap_or(0) == accepted.len() as i64
+    })
+    .await;
+    assert!(done, "not all settled: {:?}", journal_states(&db));
+    let charges = backend.charges();
+    assert!(accepted.iter().all(|k| charges.get(k) == Some(&1)), "each 202 charged exactly once: {charges:?}");
+    proc.kill9();
+}
