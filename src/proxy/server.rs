@@ -122,6 +122,38 @@ pub async fn serve_shared<H, F>(
     }
 }
 
+/// While its worker has connections, a timer due within this (shorter than any request's
+/// deadline or attempt timeout worth having) is always registered on it.
+const HORIZON: Duration = Duration::from_millis(50);
+/// Without connections the horizon timer wakes the worker once a second.
+const HORIZON_IDLE: Duration = Duration::from_secs(1);
+
+/// Keeps a timer due within [`HORIZON`] on this worker while it has connections.
+///
+/// tokio's timer wakes the runtime's I/O driver (a `write` to its eventfd) whenever a timer is
+/// registered with a deadline earlier than the one the driver last went to sleep with, even
+/// from the runtime's own thread while it runs (tokio-rs/tokio#5207; the fix, #8383, is not
+/// released). Every request registers two timers (its deadline and its attempt's timeout), and
+/// a worker that sleeps between requests had none due sooner: `perf stat` counted 0.66 `write`
+/// per request at full load and 1.6 at 5 000 requests/s. With a timer always due sooner than
+/// any request's, a request's timer is never the earliest, and the writes go (BENCHMARKS.md,
+/// session 12).
+async fn hold_timer_horizon(seat: Seat) {
+    loop {
+        let period = if seat.open_here() > 0 { HORIZON } else { HORIZON_IDLE };
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves the proxy listener (one worker's share of it): HTTP/1.1 with the server connection
 /// of our own ([`h1`]), h2c handed to hyper from there. Shutdown as in [`serve_shared`]: when
 /// `stop` completes no more connections are taken, idle ones close at once, busy ones after
@@ -141,6 +173,7 @@ pub async fn serve_proxy<H: h1::Handler>(
         idle_timeout: h1::Limits::IDLE_TIMEOUT,
     };
     let stopping = std::sync::Arc::new(h1::Stop::default());
+    let _horizon = seat.clone().map(|s| AbortOnDrop(tokio::spawn(hold_timer_horizon(s))));
     // Every connection holds a receiver; `closed` resolves when the last one is gone.
     let (open_tx, open_rx) = tokio::sync::watch::channel(());
     tokio::pin!(stop);

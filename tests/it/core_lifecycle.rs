@@ -286,3 +286,40 @@ async fn metrics_are_valid_prometheus_text() {
         assert!(line.starts_with("lifeline_"), "metric without the lifeline_ prefix: {line}");
     }
 }
+
+/// Write syscalls (`write`, `writev`, `pwrite`; not socket sends) the process has made so far,
+/// from its own I/O accounting.
+fn write_syscalls(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    io.lines().find_map(|l| l.strip_prefix("syscw:")).and_then(|v| v.trim().parse().ok()).expect("syscw")
+}
+
+/// tokio wakes its I/O driver with a `write` to an eventfd whenever a timer is registered with a
+/// deadline earlier than the driver's next wake, even from the runtime's own running thread
+/// (tokio-rs/tokio#5207), and every proxied request registers two (its deadline and its
+/// attempt's timeout). Each worker keeps a nearer timer registered while it has connections
+/// (`server::hold_timer_horizon`), so a request makes no `write` syscall at all. Requests here
+/// come one at a time with a pause between them, so each finds its worker asleep: without the
+/// horizon timer that was 1.5–2 writes per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxied_request_makes_no_write_syscall() {
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sc = ChildSidecar::spawn(dir.path(), &child_yaml(up.addr, "telemetry: { access_log: false }\n"));
+    let client = http1();
+    let once = |n: u32| {
+        let req = Request::get(sc.url(&format!("/w/{n}"))).body(Full::new(Bytes::new())).unwrap();
+        send(&client, req)
+    };
+    for n in 0..20 {
+        assert_eq!(once(n).await.status, 200);
+    }
+    let before = write_syscalls(sc.child.id());
+    const N: u64 = 300;
+    for n in 0..N as u32 {
+        assert_eq!(once(n).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let writes = write_syscalls(sc.child.id()) - before;
+    assert!(writes < N / 10, "{writes} write syscalls for {N} requests");
+}
