@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Syscalls and user/system CPU per request of each peer, one peer at a time, same backend.
+
+    python3 bench/syscalls.py [--peers lifeline,haproxy,nginx] [--conns 64] [--rate max|N] [--rounds 1]
+
+For each peer: start it fresh (bench/peers.py configs), warm up with wrk for 2 s, then load it
+for 5 s (`--rate max`: wrk -t1; `--rate N`: `lifeline load` at N req/s, open model) while
+`perf stat` counts the syscall tracepoints of the peer's processes. Prints, per request: the
+syscalls that were made at least once, and the user and system CPU time of the peer's processes
+(/proc/PID/stat). Needs `perf` (Debian: linux-perf) and tracepoints readable by the user (root
+here). Without perf it still prints the CPU split (--no-perf).
+"""
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+import peers  # noqa: E402
+
+CALLS = ["recvfrom", "sendto", "read", "write", "readv", "writev", "recvmsg", "sendmsg", "epoll_wait",
+         "epoll_pwait", "epoll_ctl", "futex", "accept4", "close"]
+
+
+def cpu_split(pids):
+    user = system = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user / bench.TICK, system / bench.TICK
+
+
+def one(name, args, d):
+    p = bench.start(peers.command(name, d, bench.THREADS, args.lifeline), open(os.path.join(d, f"{name}.log"), "w"))
+    try:
+        port = peers.PORTS[name][0]
+        bench.wait_port(port, proc=p)
+        url = f"http://127.0.0.1:{port}/"
+        subprocess.run(["wrk", "-t1", f"-c{args.conns}", "-d2s", url], capture_output=True, check=True)
+        pids = bench.group_pids(p)
+        perf = None
+        if not args.no_perf:
+            events = ",".join(f"syscalls:sys_enter_{c}" for c in CALLS)
+            perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", ",".join(map(str, pids))],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        u0, s0 = cpu_split(pids)
+        if args.rate == "max":
+            out = subprocess.run(["wrk", "-t1", f"-c{args.conns}", "-d5s", url], capture_output=True, text=True,
+                                 check=True).stdout
+            n = int(re.search(r"(\d+) requests in", out).group(1))
+        else:
+            rate = int(args.rate)
+            subprocess.run([args.lifeline, "load", url, "--rate", str(rate), "--duration", "5s", "-c", str(args.conns),
+                            "--threads", "1", "--quiet"], capture_output=True, check=True)
+            n = rate * 5
+        u1, s1 = cpu_split(pids)
+        counts = {}
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            for line in perf.communicate()[1].splitlines():
+                f = line.split(",")
+                if len(f) > 2 and f[0].isdigit() and int(f[0]) > 0:
+                    counts[f[2].replace("syscalls:sys_enter_", "")] = int(f[0])
+        return n, (u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6, {k: v / n for k, v in counts.items()}
+    finally:
+        bench.stop(p)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers", default="lifeline,haproxy,nginx")
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--rate", default="max", help="max (wrk) or requests per second (lifeline load)")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--no-perf", action="store_true", help="CPU split only")
+    ap.add_argument("--lifeline", default=os.path.join(bench.ROOT, "target/release/lifeline"))
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="lifeline-syscalls-")
+    backend = bench.start(peers.command("backend", d, 1, args.lifeline), open(os.path.join(d, "backend.log"), "w"))
+    try:
+        bench.wait_port(peers.BACKEND_H1)
+        print(f"{args.conns} connections, rate {args.rate}; per request:")
+        for rnd in range(args.rounds):
+            for name in args.peers.split(","):
+                n, user, system, calls = one(name, args, d)
+                shown = "  ".join(f"{k} {v:.2f}" for k, v in sorted(calls.items()) if v >= 0.005)
+                print(f"round {rnd + 1} {name:9s} {n:7d} requests  user {user:5.1f} µs  sys {system:5.1f} µs  {shown}",
+                      flush=True)
+    finally:
+        bench.stop(backend)
+        bench.stop_all()
+
+
+if __name__ == "__main__":
+    main()
