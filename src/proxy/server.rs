@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::body::ProxyBody;
 use super::h1;
@@ -145,15 +146,6 @@ async fn hold_timer_horizon(seat: Seat) {
     }
 }
 
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Serves the proxy listener (one worker's share of it): HTTP/1.1 with the server connection
 /// of our own ([`h1`]), h2c handed to hyper from there. Shutdown as in [`serve_shared`]: when
 /// `stop` completes no more connections are taken, idle ones close at once, busy ones after
@@ -173,7 +165,7 @@ pub async fn serve_proxy<H: h1::Handler>(
         idle_timeout: h1::Limits::IDLE_TIMEOUT,
     };
     let stopping = std::sync::Arc::new(h1::Stop::default());
-    let _horizon = seat.clone().map(|s| AbortOnDrop(tokio::spawn(hold_timer_horizon(s))));
+    let _horizon = seat.clone().map(|s| AbortOnDropHandle::new(tokio::spawn(hold_timer_horizon(s))));
     // Every connection holds a receiver; `closed` resolves when the last one is gone.
     let (open_tx, open_rx) = tokio::sync::watch::channel(());
     tokio::pin!(stop);

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::endpoint::Endpoint;
@@ -21,18 +21,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often idle upstream connections past their `idle_timeout` are closed.
 const POOL_SWEEP: Duration = Duration::from_secs(1);
 
-/// Aborts a task when dropped: aborting the controller stops its health checkers with it.
-struct Owned(JoinHandle<()>);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Runs until aborted.
 pub async fn run(shared: Arc<Shared>) {
-    let mut checkers: HashMap<Arc<str>, (Arc<Endpoint>, Owned)> = HashMap::new();
+    let mut checkers: HashMap<Arc<str>, (Arc<Endpoint>, AbortOnDropHandle<()>)> = HashMap::new();
     let mut gauges: HashMap<Arc<str>, (bool, bool)> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -49,7 +40,7 @@ pub async fn run(shared: Arc<Shared>) {
                 if !checkers.contains_key(&e.key) {
                     let span = tracing::info_span!("health_check", cluster = %shared.name, endpoint = %e.key);
                     let task = tokio::spawn(health::run(shared.clone(), e.clone(), hc.clone()).instrument(span));
-                    checkers.insert(e.key.clone(), (e.clone(), Owned(task)));
+                    checkers.insert(e.key.clone(), (e.clone(), AbortOnDropHandle::new(task)));
                 }
             }
         }

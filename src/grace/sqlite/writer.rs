@@ -160,9 +160,9 @@ impl Applier {
             .map_err(|e| e.to_string());
         match folded {
             Ok(()) if self.carry.is_empty() => match log::recycle(&self.log_dir, u64::MAX, None) {
-                // Everything is in the database and the log is empty: a start that finds the
-                // log directory gone hides nothing (`adopt_log_dir`).
-                // Folded into the file too, so a copy of the file alone says so.
+                // Everything is in the database and the log is empty, so a start that finds the
+                // log directory gone hides nothing (`adopt_log_dir`); checkpointed again so a
+                // copy of the file alone says so too.
                 Ok(()) => {
                     let marked = self.conn.execute_batch(
                         "INSERT OR REPLACE INTO meta(k, v) VALUES ('log_clean', '1'); PRAGMA wal_checkpoint(TRUNCATE);",
