@@ -143,7 +143,19 @@ fn open(journal: &Journal) -> Result<rusqlite::Connection, String> {
     if let Some(dir) = journal.log_dir.as_deref().filter(|d| !d.is_dir()) {
         return Err(format!("log directory {} does not exist", dir.display()));
     }
-    schema::open_offline(&journal.db, journal.log_dir.as_deref()).map_err(|e| e.to_string())
+    let conn = schema::open_offline(&journal.db, journal.log_dir.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(dir) =
+        schema::offline_log_missing(&conn, &journal.db, journal.log_dir.as_deref()).map_err(|e| e.to_string())?
+    {
+        eprintln!(
+            "lifeline grace: warning: {} did not stop cleanly and its log directory {} is missing: settlements \
+             acknowledged since its last clean stop may be only there, and are not shown (copy that directory \
+             too, and pass it with --log-dir)",
+            journal.db.display(),
+            dir.display()
+        );
+    }
+    Ok(conn)
 }
 
 fn keygen(out: &std::path::Path) -> ExitCode {

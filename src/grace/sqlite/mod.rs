@@ -257,7 +257,7 @@ fn adopt_log_dir(conn: &mut Connection, path: &Path, log_dir: &Path) -> Result<(
 
 /// Whether the journal was opened and has not been closed cleanly since (`log_clean` is `0`).
 /// A journal from before this was recorded says nothing, and is taken as clean, as before.
-fn log_left_dirty(conn: &Connection) -> Result<bool, StoreError> {
+pub(crate) fn log_left_dirty(conn: &Connection) -> Result<bool, StoreError> {
     let v = conn.query_row("SELECT v FROM meta WHERE k = 'log_clean'", [], |r| r.get::<_, String>(0)).optional()?;
     Ok(v.as_deref() == Some("0"))
 }

@@ -150,12 +150,7 @@ pub fn open_offline(path: &std::path::Path, log_dir: Option<&std::path::Path>) -
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError(format!("cannot open journal {}: {e}", path.display())))?;
     conn.execute_batch("PRAGMA busy_timeout=10000;")?;
-    let dir = match log_dir {
-        Some(dir) => dir.to_path_buf(),
-        None => Some(super::log::dir_for(path))
-            .filter(|d| d.exists())
-            .map_or_else(|| super::recorded_log_dir(&conn, path), Ok)?,
-    };
+    let dir = offline_log_dir(&conn, path, log_dir)?;
     let logged = super::log::read_items(&dir).map_err(StoreError)?;
     if !logged.is_empty() {
         // Temporary objects live outside the file; `temp.items` shadows `main.items` for the
@@ -173,6 +168,33 @@ pub fn open_offline(path: &std::path::Path, log_dir: Option<&std::path::Path>) -
     }
     conn.execute_batch("PRAGMA query_only=1;")?;
     Ok(conn)
+}
+
+/// The log directory an offline reader of `path` reads: `log_dir` if given, else a log beside
+/// the file (a copy's own), else the one the journal recorded.
+fn offline_log_dir(
+    conn: &Connection,
+    path: &std::path::Path,
+    log_dir: Option<&std::path::Path>,
+) -> Result<std::path::PathBuf, StoreError> {
+    match log_dir {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => Some(super::log::dir_for(path))
+            .filter(|d| d.exists())
+            .map_or_else(|| super::recorded_log_dir(conn, path), Ok),
+    }
+}
+
+/// The log directory an offline reader found missing, when the journal did not stop cleanly
+/// (so settlements acknowledged since may be only in that log, and missing from the reader's
+/// view); `None` when nothing can be missing.
+pub fn offline_log_missing(
+    conn: &Connection,
+    path: &std::path::Path,
+    log_dir: Option<&std::path::Path>,
+) -> Result<Option<std::path::PathBuf>, StoreError> {
+    let dir = offline_log_dir(conn, path, log_dir)?;
+    Ok((super::log_left_dirty(conn)? && !dir.exists()).then_some(dir))
 }
 
 /// `PRAGMA integrity_check`; an error names what SQLite found.

@@ -231,6 +231,15 @@ async fn kill_9_then_a_start_without_its_log_directory_is_refused_and_nothing_is
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started without the log directory: {stderr}");
     assert!(stderr.contains("did not stop cleanly") && stderr.contains("log-volume/settlement"), "{stderr}");
+    // Read offline meanwhile, the journal says what its view may lack.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lifeline"))
+        .args(["grace", "status", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning") && stderr.contains("log-volume/settlement"), "{stderr}");
 
     std::fs::rename(&away, &wal).unwrap();
     std::fs::write(&cfg, &with_log).unwrap();

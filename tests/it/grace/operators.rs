@@ -155,7 +155,9 @@ async fn the_cli_reads_a_copied_journal_offline() {
     let bin = env!("CARGO_BIN_EXE_lifeline");
     let run = |args: &[&str]| {
         let out = std::process::Command::new(bin).args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(!stderr.contains("did not stop cleanly"), "a copy after a clean stop is complete: {stderr}");
         String::from_utf8(out.stdout).unwrap()
     };
     let copy_s = copy.to_str().unwrap();
