@@ -14,7 +14,7 @@ pub mod stack;
 pub mod workers;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -99,21 +99,37 @@ impl h1::Handler for Proxy {
 
 /// Requests in flight, one counter per proxy worker (each on its own cache line), so the
 /// path never writes a line another core is writing too. Summed into
-/// `lifeline_requests_in_flight` when the metrics are read ([`publish_in_flight`]).
-static IN_FLIGHT: [Slot; SLOTS] = [const { Slot(AtomicI64::new(0)) }; SLOTS];
+/// `lifeline_requests_in_flight` when the metrics are read ([`publish_in_flight`]). Beside it,
+/// how many requests the worker has started ([`started_here`]).
+static IN_FLIGHT: [Slot; SLOTS] = [const { Slot { in_flight: AtomicI64::new(0), started: AtomicU64::new(0) } }; SLOTS];
 const SLOTS: usize = 64;
 
 #[repr(align(128))]
-struct Slot(AtomicI64);
+struct Slot {
+    in_flight: AtomicI64,
+    started: AtomicU64,
+}
+
+fn slot_here() -> &'static Slot {
+    &IN_FLIGHT[crate::proxy::workers::current().map_or(0, |w| (w + 1) % SLOTS)]
+}
+
+/// Requests started on this thread's proxy worker so far (an activity hint: off the workers,
+/// all threads share one count, and it may miss some).
+pub fn started_here() -> u64 {
+    slot_here().started.load(Ordering::Relaxed)
+}
 
 /// Counts a request in flight until dropped (also when the client goes away mid-request).
 struct InFlight(&'static AtomicI64);
 
 impl InFlight {
     fn enter() -> Self {
-        let slot = &IN_FLIGHT[crate::proxy::workers::current().map_or(0, |w| (w + 1) % SLOTS)].0;
-        slot.fetch_add(1, Ordering::Relaxed);
-        InFlight(slot)
+        let slot = slot_here();
+        slot.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Only its worker writes a worker's slot: no read-modify-write instruction needed.
+        slot.started.store(slot.started.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        InFlight(&slot.in_flight)
     }
 }
 
@@ -125,7 +141,7 @@ impl Drop for InFlight {
 
 /// Sets the `lifeline_requests_in_flight` gauge from the per-worker counters (before a scrape).
 pub fn publish_in_flight() {
-    let n: i64 = IN_FLIGHT.iter().map(|s| s.0.load(Ordering::Relaxed)).sum();
+    let n: i64 = IN_FLIGHT.iter().map(|s| s.in_flight.load(Ordering::Relaxed)).sum();
     metrics::gauge!(names::REQUESTS_IN_FLIGHT).set(n as f64);
 }
 

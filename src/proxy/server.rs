@@ -123,13 +123,13 @@ pub async fn serve_shared<H, F>(
     }
 }
 
-/// While its worker has connections, a timer due within this (shorter than any request's
+/// While its worker is serving requests, a timer due within this (shorter than any request's
 /// deadline or attempt timeout worth having) is always registered on it.
 const HORIZON: Duration = Duration::from_millis(50);
-/// Without connections the horizon timer wakes the worker once a second.
+/// A worker that started no request during the last period wakes once a second.
 const HORIZON_IDLE: Duration = Duration::from_secs(1);
 
-/// Keeps a timer due within [`HORIZON`] on this worker while it has connections.
+/// Keeps a timer due within [`HORIZON`] on this worker while it serves requests.
 ///
 /// tokio's timer wakes the runtime's I/O driver (a `write` to its eventfd) whenever a timer is
 /// registered with a deadline earlier than the one the driver last went to sleep with, even
@@ -138,10 +138,14 @@ const HORIZON_IDLE: Duration = Duration::from_secs(1);
 /// a worker that sleeps between requests had none due sooner: `perf stat` counted 0.66 `write`
 /// per request at full load and 1.6 at 5 000 requests/s. With a timer always due sooner than
 /// any request's, a request's timer is never the earliest, and the writes go (BENCHMARKS.md,
-/// session 12).
-async fn hold_timer_horizon(seat: Seat) {
+/// session 12). A worker with nothing to do (idle keep-alive connections included) wakes once
+/// a second; the first requests after a quiet second may pay the writes again.
+async fn hold_timer_horizon() {
+    let mut seen = super::started_here();
     loop {
-        let period = if seat.open_here() > 0 { HORIZON } else { HORIZON_IDLE };
+        let now = super::started_here();
+        let period = if now != seen { HORIZON } else { HORIZON_IDLE };
+        seen = now;
         tokio::time::sleep(period).await;
     }
 }
@@ -165,7 +169,7 @@ pub async fn serve_proxy<H: h1::Handler>(
         idle_timeout: h1::Limits::IDLE_TIMEOUT,
     };
     let stopping = std::sync::Arc::new(h1::Stop::default());
-    let _horizon = seat.clone().map(|s| AbortOnDropHandle::new(tokio::spawn(hold_timer_horizon(s))));
+    let _horizon = seat.is_some().then(|| AbortOnDropHandle::new(tokio::spawn(hold_timer_horizon())));
     // Every connection holds a receiver; `closed` resolves when the last one is gone.
     let (open_tx, open_rx) = tokio::sync::watch::channel(());
     tokio::pin!(stop);

@@ -87,11 +87,6 @@ impl Seat {
         mine > least + SLACK
     }
 
-    /// How many connections this worker has open.
-    pub fn open_here(&self) -> usize {
-        self.balance.open[self.me].load(Ordering::Relaxed)
-    }
-
     /// Counts one open connection of this worker until the guard drops.
     pub fn opened(&self) -> OpenConn {
         self.balance.open[self.me].fetch_add(1, Ordering::Relaxed);

@@ -331,4 +331,28 @@ async fn a_proxied_request_makes_no_write_syscall() {
         busy.saturating_sub(idle) < N / 10,
         "{busy} write syscalls for {N} requests in {took:?}, {idle} in as long idle"
     );
+    // And the timer that does it sleeps with the traffic: the keep-alive connection stays open,
+    // and with no requests the workers wake about once a second each (20 times at 50 ms).
+    let before = worker_wakeups(sc.child.id());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let woke = worker_wakeups(sc.child.id()) - before;
+    assert!(woke < 20, "proxy workers woke {woke} times in 2 s with no requests");
+}
+
+/// Times the process's proxy worker threads went to sleep and woke (voluntary context switches).
+fn worker_wakeups(pid: u32) -> u64 {
+    let mut n = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks").flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("lifeline-worke") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        n += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
 }
