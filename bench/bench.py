@@ -73,6 +73,13 @@ def wait_port(port, timeout=10.0, proc=None):
     raise RuntimeError(f"nothing listens on {port} after {timeout}s")
 
 
+def start_backend(d, lifeline, threads=1, log=None):
+    """The benchmark's backend (bench/peers.py), started and listening; `stop_all` ends it."""
+    p = start(peers.command("backend", d, threads, lifeline), log or open(os.path.join(d, "backend.log"), "w"))
+    wait_port(peers.BACKEND_H1, proc=p)
+    return p
+
+
 def group_pids(p):
     """The process and everything in its process group (nginx master + workers)."""
     pids = []
@@ -217,8 +224,7 @@ def main():
     log = open(os.path.join(d, "peers.log"), "w")
     raw = {n: [] for n in names}
     try:
-        backend = start(peers.command("backend", d, THREADS, args.lifeline), log)
-        wait_port(peers.BACKEND_H1)
+        backend = start_backend(d, args.lifeline, THREADS, log)
         for rnd in range(args.rounds):
             order = names[rnd % len(names):] + names[:rnd % len(names)]
             for name in order:

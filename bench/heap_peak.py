@@ -43,9 +43,8 @@ def main():
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="lifeline-heap-")
     out = os.path.join(d, "dhat.json")
-    backend = bench.start(peers.command("backend", d, 1, args.lifeline), open(os.path.join(d, "b.log"), "w"))
     try:
-        bench.wait_port(peers.BACKEND_H1)
+        bench.start_backend(d, args.lifeline)
         cmd = ["valgrind", "--tool=dhat", f"--dhat-out-file={out}"] + peers.command("lifeline", d, 2, args.lifeline)
         p = bench.start(cmd, open(os.path.join(d, "l.log"), "w"))
         port = peers.PORTS["lifeline"][0]
@@ -60,7 +59,6 @@ def main():
         os.killpg(p.pid, signal.SIGINT)
         p.wait(120)
     finally:
-        bench.stop(backend)
         bench.stop_all()
     j = json.load(open(out))
     ftbl = j["ftbl"]

@@ -63,9 +63,8 @@ def main():
     ap.add_argument("--lifeline", default=os.path.join(bench.ROOT, "target/release/lifeline"))
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="lifeline-profile-")
-    backend = bench.start(peers.command("backend", d, 1, args.lifeline), open(os.path.join(d, "b.log"), "w"))
     try:
-        bench.wait_port(peers.BACKEND_H1)
+        bench.start_backend(d, args.lifeline)
         n = args.requests
         res = {}
         for tool in ("callgrind", "dhat"):
@@ -75,7 +74,6 @@ def main():
                   else "allocations not visible (the binary uses its own allocator, dhat sees only libc malloc)")
         print(f"per request: {res['ir']:.0f} instructions, {allocs}   (valgrind, {n} vs {3 * n} requests, HTTP/1.1)")
     finally:
-        bench.stop(backend)
         bench.stop_all()
     shutil.rmtree(d, ignore_errors=True)
 

@@ -34,8 +34,7 @@ def main():
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="lifeline-rss-")
     try:
-        bench.start(peers.command("backend", d, 1, args.lifeline), open(os.path.join(d, "b.log"), "w"))
-        bench.wait_port(peers.BACKEND_H1)
+        bench.start_backend(d, args.lifeline)
         p = bench.start(peers.command("lifeline", d, 2, args.lifeline), open(os.path.join(d, "l.log"), "w"))
         port = peers.PORTS["lifeline"][0]
         bench.wait_port(port, proc=p)

@@ -84,9 +84,8 @@ def main():
     ap.add_argument("--lifeline", default=os.path.join(bench.ROOT, "target/release/lifeline"))
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="lifeline-syscalls-")
-    backend = bench.start(peers.command("backend", d, 1, args.lifeline), open(os.path.join(d, "backend.log"), "w"))
     try:
-        bench.wait_port(peers.BACKEND_H1)
+        bench.start_backend(d, args.lifeline)
         print(f"{args.conns} connections, rate {args.rate}; per request:")
         for rnd in range(args.rounds):
             for name in args.peers.split(","):
@@ -95,7 +94,6 @@ def main():
                 print(f"round {rnd + 1} {name:9s} {n:7d} requests  user {user:5.1f} µs  sys {system:5.1f} µs  {shown}",
                       flush=True)
     finally:
-        bench.stop(backend)
         bench.stop_all()
 
 
