@@ -177,7 +177,7 @@ fn call(
         match fut.await {
             Ok(resp) => {
                 let status = resp.status();
-                let retry_after = crate::resilience::retry::backoff::retry_after(resp.headers());
+                let retry_after = crate::resilience::retry::backoff::retry_after(&resp);
                 let body = read_body(resp.into_body()).await;
                 Answer::Status(status, retry_after, body)
             }

@@ -44,6 +44,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::body::{self, ProxyBody};
+use super::passthrough::Passthrough;
 use crate::error::{BoxError, ErrorKind, LifelineError};
 use crate::http1::{self, Chunk, Framing, Step, MAX_HEADERS};
 
@@ -469,7 +470,8 @@ impl Conn {
         if mode == Out::UntilClose {
             keep = false;
         }
-        encode_head(&mut self.out, &parts, version, mode, keep);
+        let passed = parts.extensions.get::<Passthrough>();
+        encode_head(&mut self.out, &parts, passed, version, mode, keep);
         drop(parts);
         if mode == Out::Nothing {
             drop(body);
@@ -723,7 +725,17 @@ fn framing_of(parts: &http::response::Parts, body: &ProxyBody, head_only: bool) 
 /// The status line and header fields. `Content-Length` and `Transfer-Encoding` come from the
 /// body as it is (kept as given only where there is no body: HEAD and 304); `Connection`
 /// says what this connection does next; `Date` is added when the answer has none.
-fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, version: Version, mode: Out, keep: bool) {
+///
+/// A backend's fields passed through (`passed`) go first, as they arrived; then the fields of
+/// the map (what Lifeline adds).
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    passed: Option<&Passthrough>,
+    version: Version,
+    mode: Out,
+    keep: bool,
+) {
     out.clear();
     out.extend_from_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -731,12 +743,17 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::response::Parts, version: Versio
     out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let no_length = mode == Out::Nothing && (parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT);
+    let with_length = mode == Out::Nothing && !no_length;
     let mut dated = false;
+    if let Some(p) = passed {
+        p.write_h1(out, with_length);
+        dated = p.has_date();
+    }
     for (name, value) in &parts.headers {
         if name == CONNECTION || name == TRANSFER_ENCODING {
             continue;
         }
-        if name == CONTENT_LENGTH && (mode != Out::Nothing || no_length) {
+        if name == CONTENT_LENGTH && !with_length {
             continue;
         }
         dated |= name == DATE;
@@ -928,7 +945,10 @@ async fn serve_h2<H: Handler>(conn: Conn, peer: SocketAddr, handler: Arc<H>, lim
             let (mut parts, incoming) = req.into_parts();
             super::headers::strip_hop_by_hop(&mut parts.headers);
             let body = if incoming.is_end_stream() { body::empty() } else { body::boxed(incoming) };
-            Ok::<_, std::convert::Infallible>(handler.call(Request::from_parts(parts, body), peer).await)
+            let mut resp = handler.call(Request::from_parts(parts, body), peer).await;
+            // hyper's encoder reads a map only.
+            super::passthrough::into_map(&mut resp);
+            Ok::<_, std::convert::Infallible>(resp)
         })
     });
     let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())

@@ -91,10 +91,10 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
             cursor.position() as usize
         }
     };
-    let peer = &buf[..len];
+    let text = &buf[..len];
     let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prev) if !prev.trim_ascii().is_empty() => HeaderValue::from_bytes(&[prev, b", ", peer].concat()).ok(),
-        _ => shared_value(peer),
+        Some(prev) if !prev.trim_ascii().is_empty() => HeaderValue::from_bytes(&[prev, b", ", text].concat()).ok(),
+        _ => peer_value(peer, text),
     };
     if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -102,6 +102,26 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
+}
+
+/// The peer's address as a header value. A sidecar's callers are nearly always one address
+/// (the application beside it, on loopback): each worker keeps the last one it made and hands
+/// out that value again (a reference count) instead of allocating one per request.
+fn peer_value(peer: IpAddr, text: &[u8]) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((ip, v)) if *ip == peer => Some(v.clone()),
+            _ => {
+                let v = shared_value(text)?;
+                *last = Some((peer, v.clone()));
+                Some(v)
+            }
+        }
+    })
 }
 
 /// Writes `a.b.c.d` into `buf`; returns its length (at most 15).

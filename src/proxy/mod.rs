@@ -7,6 +7,7 @@
 pub mod body;
 pub mod h1;
 pub mod headers;
+pub mod passthrough;
 pub mod respond;
 pub mod route;
 pub mod server;
@@ -59,9 +60,10 @@ impl Proxy {
             (None, Err(err)) => respond::lifeline_error_response(&err, &request_id),
             (None, Ok(route)) => forward(route, parts, body, peer, &request_id).await,
         };
-        resp.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        passthrough::set_header(&mut resp, headers::X_REQUEST_ID.clone(), request_id.clone());
         if self.draining.load(Ordering::Relaxed) && version <= http::Version::HTTP_11 {
             // Tell keep-alive clients to reconnect (to a pod that is not going away).
+            // In the map: the server connection reads it there to close after this answer.
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         let elapsed = received.elapsed();
@@ -69,7 +71,9 @@ impl Proxy {
             route.metrics.duration.record(elapsed.as_secs_f64());
         }
         if let Some(path) = path {
-            let error = resp.headers().get(&headers::X_LIFELINE_ERROR).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let error = passthrough::response_header(&resp, &headers::X_LIFELINE_ERROR)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .unwrap_or("");
             tracing::info!(
                 target: "lifeline::access",
                 request_id = request_id.to_str().unwrap_or(""),

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -33,10 +33,8 @@ use tokio::net::TcpStream;
 use crate::error::BoxError;
 use crate::http1::{self, itoa_u64, put_header, Chunk, Field, Framing, Step, MAX_HEADERS};
 use crate::proxy::body::{ProxyBody, ProxyRequest};
+use crate::proxy::passthrough::Passthrough;
 
-/// Room left in a parsed header map for what the proxy adds (the request id, the attempt
-/// count): a map built to the exact size grows, reallocating, on the first insert.
-pub const ADDED_HEADERS: usize = 2;
 /// Largest response head (and chunk trailer section) accepted.
 const MAX_HEAD: usize = 256 << 10;
 /// First read size of a connection; reads grow up to [`MAX_READ`] while they fill the buffer.
@@ -374,7 +372,7 @@ async fn read_response<R: Release>(
         if !conn.buf.is_empty() {
             answered = true;
             match parse_head(&mut conn.buf)? {
-                Some(head) if head.resp.status().is_informational() => continue,
+                Some(head) if head.status.is_informational() => continue,
                 Some(head) => return attach_body(conn, head, head_only, home),
                 None => {}
             }
@@ -392,12 +390,14 @@ async fn read_response<R: Release>(
     }
 }
 
-/// A parsed response head. Its header map holds the end-to-end fields only: this client is a
-/// proxy's, and what was this hop's (`Connection` and what it names, `Transfer-Encoding`,
-/// `Keep-Alive`...) is read here and dropped (RFC 9110 §7.6.1), not copied into the map for
-/// the proxy to take out again.
+/// A parsed response head. Its fields are the end-to-end ones only, kept as they arrived
+/// ([`Passthrough`]): this client is a proxy's, and what was this hop's (`Connection` and what
+/// it names, `Transfer-Encoding`, `Keep-Alive`...) is read here and dropped (RFC 9110 §7.6.1),
+/// not handed on for the proxy to take out again.
 struct Head {
-    resp: Response<()>,
+    status: StatusCode,
+    version: Version,
+    fields: Passthrough,
     /// `Transfer-Encoding` was present; `true` when its last coding is chunked.
     chunked: Option<bool>,
     /// `Connection: close`.
@@ -435,10 +435,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
     }
     let head = buf.split_to(len).freeze();
     let (mut chunked, mut closes, mut named) = (None, false, false);
-    let mut map = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
+    let mut fields = Passthrough::new(head.clone());
     for &(ns, ne, vs, ve) in &spans {
         let value = &head[vs..ve];
-        match Field::of(&head[ns..ne]) {
+        // httparse checked the bytes: names are tokens, values hold no control characters
+        // but tab (what `HeaderName` and `HeaderValue` would check again).
+        let length = match Field::of(&head[ns..ne]) {
             Field::TransferEncoding => {
                 chunked = Some(http1::ends_chunked(value));
                 continue;
@@ -449,59 +451,65 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
                 continue;
             }
             Field::HopByHop => continue,
-            Field::EndToEnd | Field::ContentLength => {}
-        }
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| invalid("a header name".into()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| invalid("a header value".into()))?;
-        map.append(name, value);
+            Field::ContentLength => true,
+            Field::EndToEnd => false,
+        };
+        fields.push((ns, ne), (vs, ve), length);
     }
     if named {
-        http1::remove_named(&mut map, spans.iter().map(|&(ns, ne, vs, ve)| (&head[ns..ne], &head[vs..ve])));
+        let connection = spans.iter().filter(|&&(ns, ne, _, _)| Field::of(&head[ns..ne]) == Field::Connection);
+        let listed: Vec<&[u8]> =
+            connection.flat_map(|&(_, _, vs, ve)| http1::connection_names(&head[vs..ve])).collect();
+        fields.retain(|name| !listed.iter().any(|l| l.eq_ignore_ascii_case(name)));
     }
-    let mut resp = Response::new(());
-    *resp.status_mut() = status;
-    *resp.version_mut() = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    *resp.headers_mut() = map;
-    Ok(Some(Head { resp, chunked, closes }))
+    let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    Ok(Some(Head { status, version, fields, chunked, closes }))
 }
 
 fn attach_body<R: Release>(
     conn: Conn,
-    head: Head,
+    mut head: Head,
     head_only: bool,
     home: Arc<R>,
 ) -> Result<Response<ProxyBody>, Failure> {
-    let (mut parts, ()) = head.resp.into_parts();
-    let framing = response_framing(&parts, head.chunked, head_only)
+    let framing = response_framing(head.status, &head.fields, head.chunked, head_only)
         .map_err(|why| Failure::Exchange(format!("invalid response from the backend: {why}")))?;
     // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): a message with both is how
     // response splitting is attempted. The length is dropped before it can reach the caller
     // and the connection is not reused.
-    let smuggled = head.chunked.is_some() && parts.headers.contains_key(CONTENT_LENGTH);
+    let smuggled = head.chunked.is_some() && head.fields.lengths().next().is_some();
     if smuggled && !head_only {
-        parts.headers.remove(CONTENT_LENGTH);
+        head.fields.drop_lengths();
     }
     let keep = matches!(framing, Framing::Length(_) | Framing::Chunked(_))
-        && parts.version == Version::HTTP_11
+        && head.version == Version::HTTP_11
         && !smuggled
         && !head.closes;
     let mut body = ResponseBody { conn: Some(conn), framing, home: keep.then_some(home) };
     if body.framing == Framing::Length(0) {
         body.finish();
     }
-    Ok(Response::from_parts(parts, crate::proxy::body::boxed(body)))
+    let mut resp = Response::new(crate::proxy::body::boxed(body));
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    resp.extensions_mut().insert(head.fields);
+    Ok(resp)
 }
 
 /// RFC 9112 §6.3.
-fn response_framing(parts: &http::response::Parts, chunked: Option<bool>, head_only: bool) -> Result<Framing, String> {
-    let s = parts.status;
+fn response_framing(
+    s: StatusCode,
+    fields: &Passthrough,
+    chunked: Option<bool>,
+    head_only: bool,
+) -> Result<Framing, String> {
     if head_only || s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Length(0));
     }
     if let Some(chunked) = chunked {
         return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::Eof });
     }
-    let length = http1::content_length(parts.headers.get_all(CONTENT_LENGTH).iter().map(HeaderValue::as_bytes))?;
+    let length = http1::content_length(fields.lengths())?;
     Ok(length.map_or(Framing::Eof, Framing::Length))
 }
 

@@ -83,3 +83,99 @@ async fn malformed_requests_get_a_json_400() {
     }
     assert_eq!(up.hits(), 0, "malformed requests never reach the upstream");
 }
+
+/// A backend that answers every request on a connection with `head` and, unless the request is
+/// a HEAD, `body` (a stand-in written byte for byte, so the test controls every field).
+async fn raw_backend(head: &'static str, body: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head_only = buf.starts_with(b"HEAD ");
+                        buf.drain(..end + 4);
+                        let answer = if head_only { head.to_string() } else { format!("{head}{body}") };
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one answer (head, and a body of its `content-length` unless `head_only`) off `s`.
+async fn read_answer(s: &mut tokio::net::TcpStream, head_only: bool) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().to_string()))
+                .map_or(0, |v| v.parse::<usize>().unwrap());
+            let want = if head_only { 0 } else { len };
+            if buf.len() >= end + 4 + want {
+                return (head, String::from_utf8_lossy(&buf[end + 4..end + 4 + want]).into_owned());
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the sidecar closed the connection mid-answer: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_backends_fields_pass_through_as_sent_without_this_hops_over_http1_and_h2c() {
+    use tokio::io::AsyncWriteExt;
+    let head = "HTTP/1.1 200 OK\r\nServer: raw-backend\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\
+                Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\n\
+                Set-Cookie: b=2\r\nX-Request-Id: from-backend\r\nContent-Length: 5\r\n\r\n";
+    let backend = raw_backend(head, "hello").await;
+    let sc = Sidecar::start(&one_cluster_yaml(backend)).await;
+    let url = sc.url("/x");
+    let mut s = tokio::net::TcpStream::connect(sc.app.proxy_addr).await.unwrap();
+    for (method, head_only) in [("GET", false), ("HEAD", true)] {
+        s.write_all(format!("{method} /x HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).await.unwrap();
+        let (got, body) = read_answer(&mut s, head_only).await;
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines[0], "HTTP/1.1 200 OK", "{got}");
+        let count = |name: &str| lines.iter().filter(|l| l.to_ascii_lowercase().starts_with(name)).count();
+        // The backend's fields as it wrote them, in its order; its Date, not a second one.
+        assert!(got.contains("Server: raw-backend\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n"), "{got}");
+        assert_eq!(count("date:"), 1, "{got}");
+        assert!(got.contains("Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n"), "{got}");
+        // This hop's are gone: Keep-Alive, and X-Hop that its Connection named.
+        assert_eq!(count("x-hop:") + count("keep-alive:"), 0, "{got}");
+        // One length: framed by the sidecar for GET, the backend's own for HEAD.
+        assert_eq!(count("content-length:"), 1, "{got}");
+        assert!(got.to_ascii_lowercase().contains("content-length: 5\r\n"), "{got}");
+        // The request id is the sidecar's, set in place of the backend's.
+        assert_eq!(count("x-request-id:"), 1, "{got}");
+        assert!(!got.contains("from-backend"), "{got}");
+        assert_eq!(body, if head_only { "" } else { "hello" }, "{method}");
+    }
+    let got = send(&http2(), Request::get(&url).body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, "hello");
+    assert_eq!(got.header("server"), Some("raw-backend"));
+    assert_eq!(got.header("date"), Some("Tue, 01 Dec 2026 10:00:00 GMT"));
+    let cookies: Vec<&str> = got.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert!(got.headers.get("x-hop").is_none() && got.headers.get("keep-alive").is_none(), "{:?}", got.headers);
+    let ids: Vec<&str> = got.headers.get_all("x-request-id").iter().map(|v| v.to_str().unwrap()).collect();
+    assert!(ids.len() == 1 && ids[0] != "from-backend", "{ids:?}");
+}

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use http::header::RETRY_AFTER;
-use http::HeaderMap;
+use http::Response;
 
 /// The wait before retry number `retry` (1 for the first retry).
 pub fn full_jitter(base: Duration, max: Duration, retry: u32) -> Duration {
@@ -23,8 +23,9 @@ pub fn full_jitter(base: Duration, max: Duration, retry: u32) -> Duration {
 /// into the wait from now on this host's clock (a date already past is no wait). Clocks can
 /// differ; callers cap what they honour (`retry_after_max`), so a backend clock far ahead
 /// costs a refused retry, not a stuck request. Anything else is ignored.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+/// Read from the answer's map or from the backend's fields passed through.
+pub fn retry_after<B>(resp: &Response<B>) -> Option<Duration> {
+    let v = std::str::from_utf8(crate::proxy::passthrough::response_header(resp, &RETRY_AFTER)?).ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -49,20 +50,22 @@ mod tests {
 
     #[test]
     fn parses_delay_seconds_and_http_dates() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
+        let mut r = Response::new(());
+        assert_eq!(retry_after(&r), None);
+        let h = r.headers_mut();
         h.insert(RETRY_AFTER, "3".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(&r), Some(Duration::from_secs(3)));
+        let h = r.headers_mut();
         h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::ZERO), "a date in the past: no wait");
+        assert_eq!(retry_after(&r), Some(Duration::ZERO), "a date in the past: no wait");
         let later = std::time::SystemTime::now() + Duration::from_secs(120);
-        h.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
-        let wait = retry_after(&h).expect("an HTTP-date is honoured");
+        r.headers_mut().insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
+        let wait = retry_after(&r).expect("an HTTP-date is honoured");
         // Whole seconds on the wire: 119..=120 s from now.
         assert!(wait > Duration::from_secs(118) && wait <= Duration::from_secs(120), "{wait:?}");
         for junk in ["soon", "-1", "1.5", ""] {
-            h.insert(RETRY_AFTER, junk.parse().unwrap());
-            assert_eq!(retry_after(&h), None, "{junk:?}");
+            r.headers_mut().insert(RETRY_AFTER, junk.parse().unwrap());
+            assert_eq!(retry_after(&r), None, "{junk:?}");
         }
     }
 }

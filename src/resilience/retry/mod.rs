@@ -66,7 +66,7 @@ impl RetryPolicy {
         if !matches!(outcome, Outcome::NotSent(_)) && !resend_safe {
             return None;
         }
-        let hinted = result.as_ref().ok().and_then(|r| backoff::retry_after(r.headers()));
+        let hinted = result.as_ref().ok().and_then(backoff::retry_after);
         let wait = match hinted {
             Some(d) if d > c.retry_after_max => return None,
             Some(d) => d,
@@ -157,7 +157,7 @@ fn with_attempts(
 ) -> Result<Response<ProxyBody>, BoxError> {
     match result {
         Ok(mut resp) => {
-            resp.headers_mut().insert(X_LIFELINE_ATTEMPTS.clone(), attempts_value(attempts));
+            crate::proxy::passthrough::set_header(&mut resp, X_LIFELINE_ATTEMPTS.clone(), attempts_value(attempts));
             Ok(resp)
         }
         Err(err) => match err.downcast::<LifelineError>() {

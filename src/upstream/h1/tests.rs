@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
+use http::HeaderMap;
 use http_body_util::{BodyExt, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -65,6 +66,12 @@ async fn collect(resp: Response<ProxyBody>) -> (Bytes, Option<HeaderMap>) {
     let collected = resp.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned();
     (collected.to_bytes(), trailers)
+}
+
+/// The answer's fields as one map (as the h2c server gets them).
+fn fields(resp: &mut Response<ProxyBody>) -> HeaderMap {
+    crate::proxy::passthrough::into_map(resp);
+    resp.headers().clone()
 }
 
 fn failure_text(f: Failure) -> String {
@@ -132,14 +139,19 @@ async fn a_length_framed_response_is_read_whole_and_the_connection_carries_the_n
         let mut seen = Vec::new();
         for body in ["hello", "world!"] {
             seen.push(read_request(&mut server).await);
-            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Custom: a b\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Custom: a b\r\nRetry-After: 7\r\n\r\n{body}",
+                body.len()
+            );
             server.write_all(resp.as_bytes()).await.unwrap();
         }
         seen
     });
-    let resp = send(conn, get("/first?q=1"), home.clone()).await.map_err(failure_text).unwrap();
+    let mut resp = send(conn, get("/first?q=1"), home.clone()).await.map_err(failure_text).unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-custom"], "a b");
+    // The backend's fields pass through unparsed; `Retry-After` is still read from them.
+    assert_eq!(crate::resilience::retry::backoff::retry_after(&resp), Some(Duration::from_secs(7)));
+    assert_eq!(fields(&mut resp)["x-custom"], "a b");
     assert_eq!(resp.body().size_hint().exact(), Some(5));
     assert_eq!(collect(resp).await.0, "hello");
     let conn = home.take().expect("the connection came home after its body ended");
@@ -321,8 +333,8 @@ async fn malformed_or_cut_answers_fail_and_retire_the_connection() {
         server.write_all(both).await.unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
     });
-    let resp = send(conn, get("/"), home_both.clone()).await.map_err(failure_text).unwrap();
-    assert!(resp.headers().get("content-length").is_none());
+    let mut resp = send(conn, get("/"), home_both.clone()).await.map_err(failure_text).unwrap();
+    assert!(fields(&mut resp).get("content-length").is_none());
     assert_eq!(collect(resp).await.0, "hello");
     assert!(home_both.take().is_none());
     // HTTP/1.0 answers are not reused either.
@@ -380,14 +392,15 @@ async fn answers_come_without_this_hops_fields_and_connection_close_retires_the_
         let second = "HTTP/1.1 200 OK\r\nCONNECTION: Close\r\nContent-Length: 3\r\n\r\nbye";
         server.write_all(second.as_bytes()).await.unwrap();
     });
-    let resp = send(conn, get("/"), home.clone()).await.map_err(failure_text).unwrap();
-    let mut names: Vec<&str> = resp.headers().keys().map(|n| n.as_str()).collect();
+    let mut resp = send(conn, get("/"), home.clone()).await.map_err(failure_text).unwrap();
+    let map = fields(&mut resp);
+    let mut names: Vec<&str> = map.keys().map(|n| n.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["content-length", "x-app"], "only end-to-end fields are left");
     assert_eq!(collect(resp).await.0, "ok");
     let conn = home.take().expect("keep-alive: the connection came home");
-    let resp = send(conn, get("/"), home.clone()).await.map_err(failure_text).unwrap();
-    assert!(!resp.headers().contains_key("connection"));
+    let mut resp = send(conn, get("/"), home.clone()).await.map_err(failure_text).unwrap();
+    assert!(!fields(&mut resp).contains_key("connection"));
     assert_eq!(collect(resp).await.0, "bye");
     assert!(home.take().is_none(), "an answer with Connection: close retires its connection");
     backend.await.unwrap();
