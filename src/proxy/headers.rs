@@ -78,10 +78,33 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
     }
 }
 
-/// Adds the peer to `x-forwarded-for` and sets `x-forwarded-proto` when absent.
+/// Adds the peer to `x-forwarded-for` and sets `x-forwarded-proto` when absent. One lookup
+/// per field (`entry`): a custom name is hashed byte by byte on every lookup.
 pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
-    // The address is formatted on the stack (an IPv6 address is at most 45 characters); IPv4,
-    // the usual case inside a pod, without the formatting machinery.
+    match headers.entry(X_FORWARDED_FOR.clone()) {
+        http::header::Entry::Occupied(mut e) => {
+            let prev = e.get().as_bytes();
+            let value = if prev.trim_ascii().is_empty() {
+                peer_value(peer)
+            } else {
+                with_peer_text(peer, |text| HeaderValue::from_bytes(&[prev, b", ", text].concat()).ok())
+            };
+            if let Some(v) = value {
+                e.insert(v);
+            }
+        }
+        http::header::Entry::Vacant(e) => {
+            if let Some(v) = peer_value(peer) {
+                e.insert(v);
+            }
+        }
+    }
+    headers.entry(X_FORWARDED_PROTO.clone()).or_insert_with(|| HeaderValue::from_static("http"));
+}
+
+/// Calls `f` with the peer's address as text, formatted on the stack (an IPv6 address is at
+/// most 45 characters); IPv4, the usual case inside a pod, without the formatting machinery.
+fn with_peer_text<T>(peer: IpAddr, f: impl FnOnce(&[u8]) -> T) -> T {
     let mut buf = [0u8; 64];
     let len = match peer {
         IpAddr::V4(v4) => write_ipv4(&mut buf, v4.octets()),
@@ -91,23 +114,13 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
             cursor.position() as usize
         }
     };
-    let text = &buf[..len];
-    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prev) if !prev.trim_ascii().is_empty() => HeaderValue::from_bytes(&[prev, b", ", text].concat()).ok(),
-        _ => peer_value(peer, text),
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
+    f(&buf[..len])
 }
 
 /// The peer's address as a header value. A sidecar's callers are nearly always one address
 /// (the application beside it, on loopback): each worker keeps the last one it made and hands
 /// out that value again (a reference count) instead of allocating one per request.
-fn peer_value(peer: IpAddr, text: &[u8]) -> Option<HeaderValue> {
+fn peer_value(peer: IpAddr) -> Option<HeaderValue> {
     thread_local! {
         static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
     }
@@ -116,7 +129,7 @@ fn peer_value(peer: IpAddr, text: &[u8]) -> Option<HeaderValue> {
         match &*last {
             Some((ip, v)) if *ip == peer => Some(v.clone()),
             _ => {
-                let v = shared_value(text)?;
+                let v = with_peer_text(peer, shared_value)?;
                 *last = Some((peer, v.clone()));
                 Some(v)
             }
@@ -310,6 +323,18 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarded(&mut h, "2001:db8::ffff:1".parse().unwrap());
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "2001:db8::ffff:1");
+        // The worker's kept value follows the peer; a caller's proto is left alone.
+        for peer in ["127.0.0.1", "127.0.0.1", "10.1.2.3", "127.0.0.1"] {
+            let mut h = HeaderMap::new();
+            h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+            add_forwarded(&mut h, peer.parse().unwrap());
+            assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), peer);
+            assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "https");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static(" "));
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["127.0.0.1"], "a blank one is replaced");
     }
 
     #[test]
