@@ -106,12 +106,12 @@ impl RetryPolicy {
         let mut replay = Replay::prepare(body, req.headers(), self.config.max_replay_body).await?;
         // The first attempt takes the request itself: its header map has room for what the
         // path adds (an exact-size copy reallocated on the next insert). Later attempts get a
-        // copy of the head taken now, before anything is added.
-        let head = copy_head(&req);
+        // request rebuilt from the head as it is now, before anything is added.
+        let head = Head::of(&req);
         let mut first = Some(req);
         let mut n = 1u32;
         loop {
-            let mut req = first.take().unwrap_or_else(|| Box::new(copy_head(&head)));
+            let mut req = first.take().unwrap_or_else(|| Box::new(head.request()));
             *req.body_mut() = replay.take().unwrap_or_else(crate::proxy::body::empty);
             let result = attempt(req).await;
             let outcome = outcome_of(&self.classifier, &result);
@@ -128,16 +128,45 @@ impl RetryPolicy {
     }
 }
 
-/// A copy of a request's head (method, target, version, headers, extensions) with an empty
-/// body.
-fn copy_head<B>(req: &Request<B>) -> Request<ProxyBody> {
-    let mut copy = Request::new(crate::proxy::body::empty());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
-    copy
+/// A request's head (method, target, version, fields, extensions) as the first attempt got it,
+/// for the attempts after it. The fields are kept in a list, not a map: every request pays
+/// for this copy and few retry, and a map's clone allocates twice (callgrind, session 13:
+/// the copy and its drop were 1.7k of 30k instructions per request).
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    fields: smallvec::SmallVec<[(http::HeaderName, HeaderValue); 8]>,
+    extensions: http::Extensions,
+}
+
+impl Head {
+    fn of<B>(req: &Request<B>) -> Head {
+        Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            // Every value of a repeated field, in order (the map's iterator repeats the name).
+            fields: req.headers().iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+            extensions: req.extensions().clone(),
+        }
+    }
+
+    /// A request with this head and an empty body.
+    fn request(&self) -> Request<ProxyBody> {
+        let mut req = Request::new(crate::proxy::body::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        let headers = req.headers_mut();
+        // Room for what the path adds, as the first attempt's map has.
+        headers.reserve(self.fields.len() + 4);
+        for (name, value) in &self.fields {
+            headers.append(name.clone(), value.clone());
+        }
+        *req.extensions_mut() = self.extensions.clone();
+        req
+    }
 }
 
 /// The `x-lifeline-attempts` value: a static string for the usual counts (this runs on every
@@ -169,12 +198,36 @@ fn with_attempts(
 
 #[cfg(test)]
 mod tests {
-    use super::attempts_value;
+    use super::{attempts_value, Head};
 
     #[test]
     fn attempt_counts_render_as_decimal() {
         for n in [0u32, 1, 2, 9, 10, 12, 300] {
             assert_eq!(attempts_value(n), n.to_string().as_str());
         }
+    }
+
+    #[test]
+    fn a_retry_gets_the_head_the_first_attempt_got_repeated_fields_and_all() {
+        let mut first = http::Request::put("http://b/pay?x=1")
+            .version(http::Version::HTTP_11)
+            .header("idempotency-key", "k1")
+            .header("set-thing", "a")
+            .header("set-thing", "b")
+            .body(())
+            .unwrap();
+        first.extensions_mut().insert(7u32);
+        let head = Head::of(&first);
+        // What the path adds to the first attempt is not in the retry's head.
+        first.headers_mut().insert("x-lifeline-timeout-ms", http::HeaderValue::from_static("800"));
+        let again = head.request();
+        assert_eq!(again.method(), http::Method::PUT);
+        assert_eq!(again.uri(), "http://b/pay?x=1");
+        assert_eq!(again.version(), http::Version::HTTP_11);
+        assert_eq!(again.headers()["idempotency-key"], "k1");
+        assert_eq!(again.headers().get_all("set-thing").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(again.headers().get("x-lifeline-timeout-ms").is_none());
+        assert_eq!(again.extensions().get::<u32>(), Some(&7));
+        assert!(http_body::Body::is_end_stream(again.body()));
     }
 }
