@@ -33,6 +33,11 @@ struct Span {
     value: (u32, u32),
     /// `Content-Length`: written only where the server does not frame the body itself.
     length: bool,
+    /// The line in the head is exactly `name: value` and CRLF, what [`put_header`] would
+    /// write: it is copied as it stands, with its neighbours when they are too.
+    ///
+    /// [`put_header`]: crate::http1::put_header
+    canonical: bool,
 }
 
 impl Passthrough {
@@ -45,7 +50,10 @@ impl Passthrough {
     pub fn push(&mut self, name: (usize, usize), value: (usize, usize), length: bool) {
         self.dated |= self.head[name.0..name.1].eq_ignore_ascii_case(b"date");
         let r = |(a, b): (usize, usize)| (a as u32, b as u32);
-        self.fields.push(Span { name: r(name), value: r(value), length });
+        let canonical = value.0 == name.1 + 2
+            && self.head.get(name.1..value.0) == Some(b": ")
+            && self.head.get(value.1..value.1 + 2) == Some(b"\r\n");
+        self.fields.push(Span { name: r(name), value: r(value), length, canonical });
     }
 
     /// Keeps only the fields whose name `keep` accepts.
@@ -102,11 +110,32 @@ impl Passthrough {
     /// Writes the fields as HTTP/1.1 header lines, the backend's then those set here;
     /// `Content-Length` ones only `with_length`.
     pub fn write_h1(&self, out: &mut Vec<u8>, with_length: bool) {
+        // A run of whole lines that follow each other in the head goes out in one copy
+        // (a backend's usual answer: all of its fields but the framing ones).
+        let mut run: Option<(u32, u32)> = None;
         for s in &self.fields {
             if s.length && !with_length {
                 continue;
             }
+            if s.canonical {
+                let line = (s.name.0, s.value.1 + 2);
+                run = match run {
+                    Some((start, end)) if end == line.0 => Some((start, line.1)),
+                    Some(done) => {
+                        out.extend_from_slice(self.slice(done));
+                        Some(line)
+                    }
+                    None => Some(line),
+                };
+                continue;
+            }
+            if let Some(done) = run.take() {
+                out.extend_from_slice(self.slice(done));
+            }
             crate::http1::put_header(out, self.slice(s.name), self.slice(s.value));
+        }
+        if let Some(done) = run {
+            out.extend_from_slice(self.slice(done));
         }
         for (name, value) in &self.set {
             crate::http1::put_header(out, name.as_str().as_bytes(), value.as_bytes());
@@ -212,6 +241,37 @@ mod tests {
         assert_eq!(p.lengths().collect::<Vec<_>>(), vec![&b"2"[..]]);
         assert_eq!(p.get("x-a"), Some(&b"1"[..]));
         assert_eq!(p.get("retry-after"), None);
+    }
+
+    /// The fields of a whole response head, spanned as the upstream client spans them.
+    fn parsed(raw: &'static [u8]) -> Passthrough {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        assert!(resp.parse(raw).unwrap().is_complete());
+        let base = raw.as_ptr() as usize;
+        let mut p = Passthrough::new(Bytes::from_static(raw));
+        for h in resp.headers.iter() {
+            let (n, v) = (h.name.as_ptr() as usize - base, h.value.as_ptr() as usize - base);
+            p.push((n, n + h.name.len()), (v, v + h.value.len()), h.name.eq_ignore_ascii_case("content-length"));
+        }
+        p
+    }
+
+    #[test]
+    fn lines_not_written_as_put_header_writes_them_are_rewritten_and_the_rest_copied() {
+        let p =
+            parsed(b"HTTP/1.1 200 OK\r\nA: 1\r\nB:tight\r\nC: 3\r\nD: 4\r\nE: bare lf\nF:  spaced  \r\nG: 7\r\n\r\n");
+        let mut out = Vec::new();
+        p.write_h1(&mut out, true);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "A: 1\r\nB: tight\r\nC: 3\r\nD: 4\r\nE: bare lf\r\nF: spaced\r\nG: 7\r\n"
+        );
+        // Copied runs skip what is left out: here the length between two plain lines.
+        let p = parsed(b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 2\r\nX: y\r\n\r\n");
+        let mut out = Vec::new();
+        p.write_h1(&mut out, false);
+        assert_eq!(out, b"Server: s\r\nX: y\r\n");
     }
 
     #[test]
