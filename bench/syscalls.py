@@ -2,6 +2,7 @@
 """Syscalls and user/system CPU per request of each peer, one peer at a time, same backend.
 
     python3 bench/syscalls.py [--peers lifeline,haproxy,nginx] [--conns 64] [--rate max|N] [--rounds 1]
+    python3 bench/syscalls.py --peers lifeline --compare OLD_BINARY --rounds 8 --no-perf   # before/after
 
 For each peer: start it fresh (bench/peers.py configs), warm up with wrk for 2 s, then load it
 for 5 s (`--rate max`: wrk -t1; `--rate N`: `lifeline load` at N req/s, open model) while
@@ -15,6 +16,7 @@ import argparse
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +41,8 @@ def cpu_split(pids):
 
 
 def one(name, args, d):
-    p = bench.start(peers.command(name, d, bench.THREADS, args.lifeline), open(os.path.join(d, f"{name}.log"), "w"))
+    binary = args.compare if name == "lifeline-alt" else args.lifeline
+    p = bench.start(peers.command(name, d, bench.THREADS, binary), open(os.path.join(d, f"{name}.log"), "w"))
     try:
         port = peers.PORTS[name][0]
         bench.wait_port(port, proc=p)
@@ -82,17 +85,26 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--no-perf", action="store_true", help="CPU split only")
     ap.add_argument("--lifeline", default=os.path.join(bench.ROOT, "target/release/lifeline"))
+    ap.add_argument("--compare", metavar="BINARY", help="also measure this lifeline build as peer lifeline-alt")
     args = ap.parse_args()
+    names = args.peers.split(",") + (["lifeline-alt"] if args.compare else [])
+    seen = {name: [] for name in names}
     d = tempfile.mkdtemp(prefix="lifeline-syscalls-")
     try:
         bench.start_backend(d, args.lifeline)
         print(f"{args.conns} connections, rate {args.rate}; per request:")
         for rnd in range(args.rounds):
-            for name in args.peers.split(","):
+            # Rotated every round, so that no peer always runs first or last.
+            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
                 n, user, system, calls = one(name, args, d)
+                seen[name].append((user, system))
                 shown = "  ".join(f"{k} {v:.2f}" for k, v in sorted(calls.items()) if v >= 0.005)
                 print(f"round {rnd + 1} {name:9s} {n:7d} requests  user {user:5.1f} µs  sys {system:5.1f} µs  {shown}",
                       flush=True)
+        if args.rounds > 1:
+            for name, runs in seen.items():
+                user, system = (statistics.median(r[i] for r in runs) for i in (0, 1))
+                print(f"median    {name:12s} user {user:5.2f} µs  sys {system:5.2f} µs  ({len(runs)} rounds)")
     finally:
         bench.stop_all()
 

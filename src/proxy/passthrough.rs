@@ -8,7 +8,9 @@
 //! ([`Passthrough`], in the response's extensions). The HTTP/1.1 server writes them out as they
 //! are, after the fields in the response's map (what Lifeline itself adds: the request id, the
 //! attempt count). The few readers of a backend's field (`Retry-After`) go through
-//! [`response_header`]; the h2c server, whose encoder needs a map, moves the fields into it
+//! [`response_header`]. An answer for an h2c caller, whose encoder (hyper's) needs a map, gets
+//! one from the upstream client straight away ([`Passthrough::to_map`]: the request's version
+//! says who asked); the h2c server still moves any fields passed through into the map
 //! ([`into_map`]).
 
 use bytes::Bytes;
@@ -146,9 +148,17 @@ impl Passthrough {
         &self.head[a as usize..b as usize]
     }
 
+    /// The fields in a map of their own, with room for what Lifeline adds (the request id,
+    /// the attempt count) and hyper's h2 encoder looks up with `entry` (`date`,
+    /// `content-length`): a map at capacity grows on such a lookup even when the field is there.
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.fields.len() + self.set.len() + 4);
+        self.append_to(&mut map);
+        map
+    }
+
     /// The fields appended to `map` (names lowercased); values share the head, not copied.
     fn append_to(&self, map: &mut HeaderMap) {
-        map.reserve(self.fields.len());
         for s in &self.fields {
             let name = HeaderName::from_bytes(self.slice(s.name));
             let value = HeaderValue::from_maybe_shared(self.head.slice(s.value.0 as usize..s.value.1 as usize));
@@ -157,8 +167,9 @@ impl Passthrough {
                 map.append(name, value);
             }
         }
+        // `set` took out the backend's fields of these names: appending replaces nothing.
         for (name, value) in &self.set {
-            map.insert(name.clone(), value.clone());
+            map.append(name.clone(), value.clone());
         }
     }
 }
@@ -190,8 +201,10 @@ pub fn response_header<'a, B>(resp: &'a Response<B>, name: &HeaderName) -> Optio
 /// (for an encoder that needs a map: h2c).
 pub fn into_map<B>(resp: &mut Response<B>) {
     if let Some(p) = resp.extensions_mut().remove::<Passthrough>() {
-        let mine = std::mem::take(resp.headers_mut());
+        // One map sized for all: growing it on the way was a reallocation per answer.
+        let mine = std::mem::replace(resp.headers_mut(), HeaderMap::with_capacity(p.fields.len() + p.set.len() + 2));
         let map = resp.headers_mut();
+        map.reserve(mine.len());
         p.append_to(map);
         let mut last = None;
         for (name, value) in mine {

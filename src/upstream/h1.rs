@@ -173,6 +173,9 @@ pub async fn exchange<R: Release>(
     resend: bool,
 ) -> Result<Response<ProxyBody>, Failure> {
     let head_only = req.method() == Method::HEAD;
+    // An h2c caller's answer goes out through hyper's encoder, which reads a map: its fields
+    // go into one here. An HTTP/1.x caller's pass through as they came ([`Passthrough`]).
+    let map_fields = req.version() == Version::HTTP_2;
     let mut body = std::mem::replace(req.body_mut(), crate::proxy::body::empty());
     let resend = resend && body.is_end_stream();
     let framing = encode_head(&mut conn.out, &req, &body);
@@ -251,7 +254,7 @@ pub async fn exchange<R: Release>(
     }
     let back = if resend { unsent.take().map(|u| u.req) } else { None };
     drop((unsent, body));
-    read_response(conn, head_only, home, back).await
+    read_response(conn, head_only, map_fields, home, back).await
 }
 
 /// What a request that has not been written yet needs to be rebuilt.
@@ -364,6 +367,7 @@ fn encode_head(out: &mut Vec<u8>, req: &Request<ProxyBody>, body: &ProxyBody) ->
 async fn read_response<R: Release>(
     mut conn: Conn,
     head_only: bool,
+    map_fields: bool,
     home: Arc<R>,
     back: Option<ProxyRequest>,
 ) -> Result<Response<ProxyBody>, Failure> {
@@ -373,7 +377,7 @@ async fn read_response<R: Release>(
             answered = true;
             match parse_head(&mut conn.buf)? {
                 Some(head) if head.status.is_informational() => continue,
-                Some(head) => return attach_body(conn, head, head_only, home),
+                Some(head) => return attach_body(conn, head, head_only, map_fields, home),
                 None => {}
             }
         }
@@ -470,6 +474,7 @@ fn attach_body<R: Release>(
     conn: Conn,
     mut head: Head,
     head_only: bool,
+    map_fields: bool,
     home: Arc<R>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let framing = response_framing(head.status, &head.fields, head.chunked, head_only)
@@ -492,7 +497,11 @@ fn attach_body<R: Release>(
     let mut resp = Response::new(crate::proxy::body::boxed(body));
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
-    resp.extensions_mut().insert(head.fields);
+    if map_fields {
+        *resp.headers_mut() = head.fields.to_map();
+    } else {
+        resp.extensions_mut().insert(head.fields);
+    }
     Ok(resp)
 }
 

@@ -196,7 +196,8 @@ impl Cluster {
                 req.headers_mut().insert(HOST, host);
             }
         }
-        *req.version_mut() = http::Version::HTTP_11;
+        // The version is left as the caller's: the client writes HTTP/1.1 whatever it says, and
+        // reads it to know who will write the answer (h1::exchange).
         let stats = &endpoint.state.stats;
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let result = endpoint.pool.send(req).await;

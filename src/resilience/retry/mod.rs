@@ -136,7 +136,7 @@ struct Head {
     method: http::Method,
     uri: http::Uri,
     version: http::Version,
-    fields: smallvec::SmallVec<[(http::HeaderName, HeaderValue); 8]>,
+    fields: smallvec::SmallVec<[(http::HeaderName, HeaderValue); 4]>,
     extensions: http::Extensions,
 }
 
