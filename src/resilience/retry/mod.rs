@@ -130,8 +130,8 @@ impl RetryPolicy {
 
 /// A request's head (method, target, version, fields, extensions) as the first attempt got it,
 /// for the attempts after it. The fields are kept in a list, not a map: every request pays
-/// for this copy and few retry, and a map's clone allocates twice (callgrind, session 13:
-/// the copy and its drop were 1.7k of 30k instructions per request).
+/// for this copy and few retry, and a map's clone allocates twice (callgrind, session 13: the
+/// map's copy was 1.3k of 30k instructions per request; as a list a request costs 0.3k less).
 struct Head {
     method: http::Method,
     uri: http::Uri,
