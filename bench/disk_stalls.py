@@ -10,7 +10,8 @@ journal's p99 now").
 
     python3 bench/disk_stalls.py [LANES=2] [SECS=20] [DIR=bench/.disk-stalls] [RATE=20000]
 
-DIR must be on the disk the journal uses (tmpfs refuses O_DIRECT). Its files are removed after.
+DIR must be on the disk the journal uses (tmpfs refuses O_DIRECT). The probe writes in a fresh
+directory under DIR and removes only that.
 
 It also prints the floor this disk puts under the journal's p99 at RATE appends/s: an ideal
 journal that costs no CPU, takes everything that has arrived into one write as soon as the
@@ -22,6 +23,7 @@ import mmap
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 
@@ -67,7 +69,11 @@ def group_commit_floor(durations, rate):
 
 
 def main():
+    # The probe writes in a directory of its own under DIR and removes only that: DIR may be
+    # a directory that holds other things (`target`, say: it used to be removed whole).
+    global DIR
     os.makedirs(DIR, exist_ok=True)
+    DIR = tempfile.mkdtemp(prefix="disk-stalls-", dir=DIR)
     res = [[] for _ in range(LANES)]
     threads = [threading.Thread(target=lane, args=(i, res[i])) for i in range(LANES)]
     try:

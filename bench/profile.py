@@ -9,6 +9,12 @@ Wall-clock benchmarks on a shared 2-core machine move by ±20% between runs; the
 well under 1%, so they are what the commits of hot-path changes quote.
 
     python3 bench/profile.py [--requests 1000] [--lifeline target/release/lifeline]
+    python3 bench/profile.py --requests 2000 --rate 500 --http2 --top 40 --keep /tmp/cg
+
+--top N also prints the N functions whose instructions (self cost, callgrind_annotate) grew most
+between the two runs, per request: where a request's instructions go. --keep DIR keeps the
+callgrind and dhat files there for callgrind_annotate. --rate and --http2 change the load
+(`lifeline load`, 4 connections; h2c with one stream each). Only --callgrind-only skips dhat.
 """
 
 import argparse
@@ -35,10 +41,11 @@ def one(tool, n, args, d):
     try:
         bench.wait_port(peers.PORTS["lifeline"][0], timeout=60, proc=p)
         time.sleep(0.5)
-        rate = 100
+        rate = args.rate
+        h2 = ["--http2", "--streams", "1"] if args.http2 else []
         subprocess.run(
             [args.lifeline, "load", f"http://127.0.0.1:{peers.PORTS['lifeline'][0]}/", "--rate", str(rate),
-             "--duration", f"{n / rate}s", "-c", "4", "--quiet", "--timeout", "30s"],
+             "--duration", f"{n / rate}s", "-c", "4", "--quiet", "--timeout", "30s"] + h2,
             check=True, capture_output=True, timeout=n / rate + 120)
         os.kill(p.pid, signal.SIGTERM)
         p.wait(60)
@@ -53,6 +60,27 @@ def one(tool, n, args, d):
     return {"bytes": int(m.group(1).replace(",", "")), "blocks": int(m.group(2).replace(",", ""))}
 
 
+def self_costs(path):
+    """Instructions by function (self cost) of one callgrind file, from callgrind_annotate."""
+    out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", path],
+                         check=True, capture_output=True, text=True).stdout
+    costs = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(.+)$", line)
+        if m and ":" in m.group(2) and not m.group(2).startswith("PROGRAM TOTALS"):
+            costs[m.group(2)] = costs.get(m.group(2), 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+
+def top(d, n, k):
+    """The k functions whose self cost grew most from the n- to the 3n-request run, per request."""
+    a, b = self_costs(os.path.join(d, f"callgrind-{n}.out")), self_costs(os.path.join(d, f"callgrind-{3 * n}.out"))
+    diff = sorted(((b.get(f, 0) - a.get(f, 0)) / (2 * n), f) for f in set(a) | set(b))
+    diff.reverse()
+    for per, name in diff[:k]:
+        print(f"{per:9.0f}  {name[:150]}")
+
+
 def bench_cmd(args, d):
     return peers.command("lifeline", d, bench.THREADS, args.lifeline)
 
@@ -61,21 +89,37 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--lifeline", default=os.path.join(bench.ROOT, "target/release/lifeline"))
+    ap.add_argument("--rate", type=int, default=100, help="requests per second (default 100)")
+    ap.add_argument("--http2", action="store_true", help="h2c, one stream per connection")
+    ap.add_argument("--top", type=int, default=0, help="print the N functions that cost most per request")
+    ap.add_argument("--keep", help="keep the valgrind output files in this directory")
+    ap.add_argument("--callgrind-only", action="store_true", help="skip dhat")
     args = ap.parse_args()
-    d = tempfile.mkdtemp(prefix="lifeline-profile-")
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+    d = args.keep or tempfile.mkdtemp(prefix="lifeline-profile-")
     try:
         bench.start_backend(d, args.lifeline)
         n = args.requests
         res = {}
-        for tool in ("callgrind", "dhat"):
+        for tool in ("callgrind",) if args.callgrind_only else ("callgrind", "dhat"):
             a, b = one(tool, n, args, d), one(tool, 3 * n, args, d)
             res.update({k: (b[k] - a[k]) / (2 * n) for k in a})
-        allocs = (f"{res['blocks']:.1f} allocations, {res['bytes']:.0f} bytes allocated" if res["blocks"] > 0
-                  else "allocations not visible (the binary uses its own allocator, dhat sees only libc malloc)")
-        print(f"per request: {res['ir']:.0f} instructions, {allocs}   (valgrind, {n} vs {3 * n} requests, HTTP/1.1)")
+        if args.callgrind_only:
+            allocs = "allocations not counted (--callgrind-only)"
+        elif res["blocks"] > 0:
+            allocs = f"{res['blocks']:.1f} allocations, {res['bytes']:.0f} bytes allocated"
+        else:
+            allocs = "allocations not visible (the binary uses its own allocator, dhat sees only libc malloc)"
+        proto = "h2c" if args.http2 else "HTTP/1.1"
+        print(f"per request: {res['ir']:.0f} instructions, {allocs}   "
+              f"(valgrind, {n} vs {3 * n} requests at {args.rate}/s, {proto})")
+        if args.top:
+            top(d, n, args.top)
     finally:
         bench.stop_all()
-    shutil.rmtree(d, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":
