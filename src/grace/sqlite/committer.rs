@@ -18,6 +18,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::counters::{Counters, Undo};
+use super::keys::KeyFilter;
 use super::log;
 use super::ops;
 use super::writer::{Cmd, MAX_BATCH};
@@ -93,6 +94,9 @@ pub struct Committer {
     pub pending: Arc<Mutex<Pending>>,
     pub applier: mpsc::Sender<Cmd>,
     pub next_seq: i64,
+    /// Every key the journal holds (and a few it does not): a key it has never seen is
+    /// accepted without a database read.
+    pub keys: KeyFilter,
 }
 
 impl Committer {
@@ -157,12 +161,15 @@ impl Committer {
                             Ok(remaining) => {
                                 let item = Arc::new(ops::accepted(*item, self.next_seq, remaining));
                                 self.next_seq += 1;
+                                // Before anyone hears of it. If the log write fails the key stays
+                                // in the filter: that only costs a lookup.
+                                self.keys.insert(&item.idem_key);
                                 let share = ops::share(&item);
                                 c.added(&share, item.state);
                                 undo.push(Undo::Added(share, item.state));
                                 in_batch.insert(item.idem_key.clone(), accepted.len());
                                 accepted.push(item.clone());
-                                Ok(AppendOutcome::Accepted(Box::new((*item).clone())))
+                                Ok(AppendOutcome::Accepted(item))
                             }
                         },
                     },
@@ -217,6 +224,9 @@ impl Committer {
 
     /// The item already holding `key`: not yet applied, or in the database.
     fn known(&self, key: &str) -> Result<Option<Item>, StoreError> {
+        if !self.keys.may_contain(key) {
+            return Ok(None);
+        }
         if let Some(item) = self.pending.lock().ok().and_then(|p| p.by_key(key)) {
             return Ok(Some(item));
         }

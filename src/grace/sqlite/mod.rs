@@ -13,6 +13,7 @@
 mod checkpoint;
 mod committer;
 mod counters;
+mod keys;
 pub mod log;
 mod ops;
 pub mod report;
@@ -31,6 +32,7 @@ use super::store::{
 };
 use committer::{Append, Committer, Pending};
 use counters::Counters;
+use keys::KeyFilter;
 use schema::ITEM_COLS;
 use writer::{Applier, Cmd};
 
@@ -85,13 +87,16 @@ impl SqliteStore {
             .name("grace-journal".into())
             .spawn(move || applier.run(rx))
             .map_err(|e| StoreError(format!("cannot start the journal writer: {e}")))?;
+        let reader = schema::open_reader(path)?;
+        let keys = known_keys(&reader)?;
         let committer = Committer {
             log,
-            reader: schema::open_reader(path)?,
+            reader,
             counters: counters.clone(),
             pending: pending.clone(),
             applier: tx.clone(),
             next_seq,
+            keys,
         };
         let (atx, arx) = mpsc::channel(writer::MAX_BATCH * 8);
         let committer = std::thread::Builder::new()
@@ -199,6 +204,28 @@ fn log_dir_on_record(conn: &Connection) -> Result<Option<PathBuf>, StoreError> {
 /// recorded used the default one).
 pub fn recorded_log_dir(conn: &Connection, path: &Path) -> Result<PathBuf, StoreError> {
     Ok(log_dir_on_record(conn)?.unwrap_or_else(|| log::dir_for(path)))
+}
+
+/// Every idempotency key the database holds, for the committer's filter (`keys.rs`). Called
+/// after the log's replay, so items only the log held are in it too.
+fn known_keys(conn: &Connection) -> Result<KeyFilter, StoreError> {
+    let started = std::time::Instant::now();
+    let count: i64 = conn.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0))?;
+    let mut keys = KeyFilter::with_capacity(u64::try_from(count).unwrap_or(0));
+    let mut stmt = conn.prepare("SELECT idem_key FROM items")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        keys.insert(row.get_ref(0)?.as_str().map_err(|e| StoreError(format!("an idempotency key: {e}")))?);
+    }
+    if count > 0 {
+        tracing::info!(
+            keys = keys.len(),
+            kib = keys.bytes() / 1024,
+            ms = started.elapsed().as_millis() as u64,
+            "grace journal: idempotency keys loaded"
+        );
+    }
+    Ok(keys)
 }
 
 /// Makes `log_dir` the journal's log directory. If the journal was last opened with another
@@ -758,5 +785,13 @@ mod tests {
         let hist = store.history("r1".into()).await.unwrap();
         assert_eq!(hist.last().map(|h| h.actor.as_str()), Some("recovery"));
         assert_eq!(store.due(i64::MAX, 10).await.unwrap().len(), 1);
+        // Keys from before the reopen are claimed (the committer's key filter starts with
+        // every key in the database), whatever state their items are in.
+        for i in [1, 2] {
+            match store.append(item(i, "c1"), limits(5)).await.unwrap() {
+                AppendOutcome::Existing(existing) => assert_eq!(existing.receipt_id, format!("r{i}")),
+                other => panic!("key k{i} after a reopen: {other:?}"),
+            }
+        }
     }
 }
