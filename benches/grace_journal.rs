@@ -62,7 +62,9 @@ fn item(i: u64) -> NewItem {
         fingerprint: [7; 32],
         policy: "bench".into(),
         route: "settle".into(),
-        card_ref: format!("card-{}", i % 5000),
+        // 5 000 cards; a card's reference is 32 hex digits, as `crypto::card_ref` makes them
+        // (a short one would make the card-lane index smaller than a deployment's).
+        card_ref: format!("{:032x}", u128::from(i % 5000).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)),
         card_masked: "110***********1234".into(),
         institution: format!("H{}", i % 50),
         amount_fen: 1234,
