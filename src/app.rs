@@ -213,7 +213,8 @@ impl App {
             "admin",
         ));
 
-        let mut background = vec![tokio::spawn(telemetry::upkeep())];
+        let mut background =
+            vec![tokio::spawn(telemetry::upkeep()), tokio::spawn(crate::proxy::release::after_bursts(balance.clone()))];
         engines.start();
         let faults = state.runtime.load().faults.clone();
         background.push(tokio::spawn(tracing::Instrument::instrument(

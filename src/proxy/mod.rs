@@ -8,6 +8,7 @@ pub mod body;
 pub mod h1;
 pub mod headers;
 pub mod passthrough;
+pub mod release;
 pub mod respond;
 pub mod route;
 pub mod server;

@@ -56,6 +56,8 @@ pub fn default_count() -> usize {
 #[derive(Debug)]
 pub struct Balance {
     open: Box<[AtomicUsize]>,
+    /// The most connections open at once since [`Balance::take_peak`] last read it.
+    peak: AtomicUsize,
 }
 
 /// One worker's seat at a [`Balance`].
@@ -67,11 +69,25 @@ pub struct Seat {
 
 impl Balance {
     pub fn new(workers: usize) -> std::sync::Arc<Balance> {
-        std::sync::Arc::new(Balance { open: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect() })
+        std::sync::Arc::new(Balance {
+            open: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+            peak: AtomicUsize::new(0),
+        })
     }
 
     pub fn seat(self: &std::sync::Arc<Self>, me: usize) -> Seat {
         Seat { balance: self.clone(), me }
+    }
+
+    /// Connections open on all workers.
+    pub fn open(&self) -> usize {
+        self.open.iter().map(|o| o.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The most connections open at once since the last call (from when each was accepted),
+    /// and starts the next period at those open now.
+    pub fn take_peak(&self) -> usize {
+        self.peak.swap(self.open(), Ordering::Relaxed).max(self.open())
     }
 }
 
@@ -90,6 +106,7 @@ impl Seat {
     /// Counts one open connection of this worker until the guard drops.
     pub fn opened(&self) -> OpenConn {
         self.balance.open[self.me].fetch_add(1, Ordering::Relaxed);
+        self.balance.peak.fetch_max(self.balance.open(), Ordering::Relaxed);
         OpenConn(self.clone())
     }
 }

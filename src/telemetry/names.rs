@@ -37,6 +37,7 @@ pub const BREAKER_TRANSITIONS_TOTAL: &str = "lifeline_breaker_transitions_total"
 pub const RETRIES_TOTAL: &str = "lifeline_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "lifeline_retry_budget_exhausted_total";
 pub const REJECTED_TOTAL: &str = "lifeline_rejected_total";
+pub const MEMORY_RELEASES_TOTAL: &str = "lifeline_memory_releases_total";
 
 /// (name, help) of every metric, registered at startup so `/metrics` documents itself.
 pub const ALL: &[(&str, &str)] = &[
@@ -79,4 +80,5 @@ pub const ALL: &[(&str, &str)] = &[
     (RETRIES_TOTAL, "Retry attempts sent (the first attempt excluded), by cluster and the outcome that caused them."),
     (RETRY_BUDGET_EXHAUSTED_TOTAL, "Retries refused because the retry budget was spent, by cluster."),
     (REJECTED_TOTAL, "Requests failed fast without reaching the backend, by cluster and reason (circuit_open, overloaded, queue_timeout)."),
+    (MEMORY_RELEASES_TOTAL, "Times freed memory was given back to the system after the proxy's open connections fell by half or more."),
 ];

@@ -356,3 +356,71 @@ fn worker_wakeups(pid: u32) -> u64 {
     }
     n
 }
+
+/// After a burst of connections closes, the sidecar gives the memory they held back to the
+/// system (`proxy::release`): glibc keeps freed memory in its arenas, so without the release
+/// the process would stay at the burst's size. The burst here is 256 client connections and
+/// as many to the backend (the pool keeps 4 idle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_held_by_a_burst_of_connections_goes_back_after_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\ntelemetry: {{ access_log: false }}\n\
+         clusters:\n  backend:\n    endpoints:\n      - {{ address: {} }}\n    max_idle_per_endpoint: 4\n\
+         routes:\n  - {{ name: all, cluster: backend }}\n",
+        up.addr
+    );
+    let sc = ChildSidecar::spawn(dir.path(), &yaml);
+    assert_eq!(get(&sc.url("/warm")).await.status, 200);
+    let addr = sc.url("/").trim_start_matches("http://").trim_end_matches('/').to_string();
+    let releases = |text: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("lifeline_memory_releases_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = releases(&get(&sc.admin_url("/metrics")).await.text());
+    let baseline = sc.rss_kib();
+
+    let burst = (0..256).map(|i| {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            // A 4 KiB body, so every connection fills its buffers.
+            let body = vec![b'x'; 4096];
+            let head = format!("POST /b/{i} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len());
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&body).await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 8192];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection {i} closed before its answer");
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+            s
+        }
+    });
+    let open = futures_util::future::join_all(burst).await;
+    let peak = sc.rss_kib();
+    assert!(peak > baseline + 2048, "256 connections added only {} KiB", peak.saturating_sub(baseline));
+    drop(open);
+
+    // Checked once a second by the sidecar; give it a few.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let now = sc.rss_kib();
+        let released = releases(&get(&sc.admin_url("/metrics")).await.text()) - before;
+        if released >= 1.0 && now <= baseline + (peak - baseline) / 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after the burst: {now} KiB resident (baseline {baseline}, peak {peak}), {released} releases"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
