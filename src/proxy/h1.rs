@@ -156,8 +156,12 @@ pub async fn serve<H: Handler>(stream: TcpStream, peer: SocketAddr, handler: Arc
         Inbound { rd, buf: BytesMut::new(), body: Framing::Done, serial: 0, continue_owed: None, broken: false };
     let shared = Arc::new(Shared { inbound: Mutex::new(inbound) });
     let mut conn = Conn { shared, wr, out: Vec::new(), serial: 0, idle_timer: None };
-    match conn.run(&*handler, peer, limits, &stop).await {
-        Ok(Next::H2) => serve_h2(conn, peer, handler, limits, &stop).await,
+    // Boxed once per connection: the HTTP/1.1 path (with the route future inline, several KB)
+    // is not carried by the task of an h2c connection, and hyper's h2 connection is not
+    // carried by an HTTP/1.1 one.
+    let served = Box::pin(conn.run(&*handler, peer, limits, &stop)).await;
+    match served {
+        Ok(Next::H2) => Box::pin(serve_h2(conn, peer, handler, limits, &stop)).await,
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "client connection ended with an error"),
     }
