@@ -1,8 +1,9 @@
 //! The committer: the thread every append goes through, and the only one that accepts items.
 //!
 //! It takes the first waiting append plus everything queued behind it (up to
-//! [`MAX_BATCH`](super::writer::MAX_BATCH)), and for each: looks the idempotency key up (items
-//! not yet applied to the database, then the database), decides the limits against the live
+//! [`MAX_BATCH`](super::writer::MAX_BATCH)), and for each: looks the idempotency key up (a key
+//! the filter of known keys has never seen is new; any other in the items not yet applied to
+//! the database, then the database; `keys.rs`), decides the limits against the live
 //! counters, numbers the item and counts its exposure. Then ONE write and ONE `fdatasync` of the
 //! log for the whole group, and only then the answers. The accepted items go to the applier
 //! (`writer.rs`) to be written into SQLite behind the log. One thread makes the key claim, the
