@@ -5,16 +5,18 @@
 //! arenas and returns it only from the top of a heap, so the sidecar stays resident at the
 //! burst's peak; the next burst of another shape (h2c after HTTP/1.1, say) allocates on top of
 //! it. In a pod that counts against the memory limit next to the application. Measured with
-//! the benchmark's config (`bench/rss_runs.py` with a trim forced from gdb): after 256 HTTP/1.1
-//! connections closed, 12.4 MB anonymous memory resident, 3.9 MB after `malloc_trim`; after
-//! 256 h2c connections on top, a peak of 29.0 MiB instead of 33.2.
+//! the benchmark's config (`python3 bench/rss_runs.py --pause 2`): 12.0 MB anonymous memory
+//! resident after 256 HTTP/1.1 connections, 3.9 MB two seconds after they closed; 256 h2c
+//! connections after that peak at 27.9–28.1 MiB instead of 32.1–32.4. When the next burst
+//! arrives as the last one leaves, the open count never falls and nothing is released
+//! (BENCHMARKS.md, "Session 14").
 //!
 //! [`after_bursts`] looks at the proxy's open connections once a second and trims when they
 //! have fallen to half or less of the most open at once since the last trim (and by at least
 //! [`MIN_DROP`]): after a burst, not during one. `malloc_trim` locks each arena while it walks
 //! it, so a worker allocating at that moment waits (a fraction of a millisecond for heaps of
-//! this size); a steady load never triggers it. HAProxy trims the same way after releasing
-//! its pools (`pool_gc`), and Envoy releases tcmalloc's free pages on a timer.
+//! this size); a steady load never triggers it. OpenResty's lua-nginx-module calls
+//! `malloc_trim` for the same reason, every N requests (`lua_malloc_trim`).
 
 use std::sync::Arc;
 use std::time::Duration;

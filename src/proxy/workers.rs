@@ -87,7 +87,8 @@ impl Balance {
     /// The most connections open at once since the last call (from when each was accepted),
     /// and starts the next period at those open now.
     pub fn take_peak(&self) -> usize {
-        self.peak.swap(self.open(), Ordering::Relaxed).max(self.open())
+        let open = self.open();
+        self.peak.swap(open, Ordering::Relaxed).max(open)
     }
 }
 
