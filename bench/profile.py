@@ -12,7 +12,8 @@ well under 1%, so they are what the commits of hot-path changes quote.
     python3 bench/profile.py --requests 2000 --rate 500 --http2 --top 40 --keep /tmp/cg
 
 --top N also prints the N functions whose instructions (self cost, callgrind_annotate) grew most
-between the two runs, per request: where a request's instructions go. --keep DIR keeps the
+between the two runs, per request: where a request's instructions go; --by-crate N the same
+summed by crate (the standard library by module, Lifeline by source file). --keep DIR keeps the
 callgrind and dhat files there for callgrind_annotate. --rate and --http2 change the load
 (`lifeline load`, 4 connections; h2c with one stream each). Only --callgrind-only skips dhat.
 """
@@ -81,6 +82,28 @@ def top(d, n, k):
         print(f"{per:9.0f}  {name[:150]}")
 
 
+def by_crate(d, n, k):
+    """The same differences as `top`, summed by crate (std by module, our code by file)."""
+    a, b = self_costs(os.path.join(d, f"callgrind-{n}.out")), self_costs(os.path.join(d, f"callgrind-{3 * n}.out"))
+    groups = {}
+    for f in set(a) | set(b):
+        src = f.split(":")[0]
+        m = re.search(r"index\.crates\.io-[0-9a-f]+/([A-Za-z_\-0-9]+?)-\d", src)
+        if m:
+            key = m.group(1)
+        elif src.startswith("src/"):
+            key = src
+        elif "/library/" in src:
+            key = "std: " + src.split("/library/")[-1].split("/")[0]
+        elif "libc" in f or "sysdeps" in src or "malloc" in src:
+            key = "libc: " + os.path.basename(src)
+        else:
+            key = src[:60]
+        groups[key] = groups.get(key, 0) + (b.get(f, 0) - a.get(f, 0)) / (2 * n)
+    for key, per in sorted(groups.items(), key=lambda kv: -kv[1])[:k]:
+        print(f"{per:9.0f}  {key}")
+
+
 def bench_cmd(args, d):
     return peers.command("lifeline", d, bench.THREADS, args.lifeline)
 
@@ -92,6 +115,7 @@ def main():
     ap.add_argument("--rate", type=int, default=100, help="requests per second (default 100)")
     ap.add_argument("--http2", action="store_true", help="h2c, one stream per connection")
     ap.add_argument("--top", type=int, default=0, help="print the N functions that cost most per request")
+    ap.add_argument("--by-crate", type=int, default=0, metavar="N", help="print the N crates that cost most per request")
     ap.add_argument("--keep", help="keep the valgrind output files in this directory")
     ap.add_argument("--callgrind-only", action="store_true", help="skip dhat")
     args = ap.parse_args()
@@ -116,6 +140,8 @@ def main():
               f"(valgrind, {n} vs {3 * n} requests at {args.rate}/s, {proto})")
         if args.top:
             top(d, n, args.top)
+        if args.by_crate:
+            by_crate(d, n, args.by_crate)
     finally:
         bench.stop_all()
     if not args.keep:
