@@ -73,20 +73,22 @@ def self_costs(path):
     return costs
 
 
-def top(d, n, k):
-    """The k functions whose self cost grew most from the n- to the 3n-request run, per request."""
+def per_request(d, n):
+    """Each function's self cost per request: the growth from the n- to the 3n-request run."""
     a, b = self_costs(os.path.join(d, f"callgrind-{n}.out")), self_costs(os.path.join(d, f"callgrind-{3 * n}.out"))
-    diff = sorted(((b.get(f, 0) - a.get(f, 0)) / (2 * n), f) for f in set(a) | set(b))
-    diff.reverse()
-    for per, name in diff[:k]:
+    return {f: (b.get(f, 0) - a.get(f, 0)) / (2 * n) for f in set(a) | set(b)}
+
+
+def top(d, n, k):
+    """The k functions that cost most per request."""
+    for name, per in sorted(per_request(d, n).items(), key=lambda kv: -kv[1])[:k]:
         print(f"{per:9.0f}  {name[:150]}")
 
 
 def by_crate(d, n, k):
-    """The same differences as `top`, summed by crate (std by module, our code by file)."""
-    a, b = self_costs(os.path.join(d, f"callgrind-{n}.out")), self_costs(os.path.join(d, f"callgrind-{3 * n}.out"))
+    """The same costs as `top`, summed by crate (std by module, our code by file)."""
     groups = {}
-    for f in set(a) | set(b):
+    for f, per in per_request(d, n).items():
         src = f.split(":")[0]
         m = re.search(r"index\.crates\.io-[0-9a-f]+/([A-Za-z_\-0-9]+?)-\d", src)
         if m:
@@ -99,7 +101,7 @@ def by_crate(d, n, k):
             key = "libc: " + os.path.basename(src)
         else:
             key = src[:60]
-        groups[key] = groups.get(key, 0) + (b.get(f, 0) - a.get(f, 0)) / (2 * n)
+        groups[key] = groups.get(key, 0) + per
     for key, per in sorted(groups.items(), key=lambda kv: -kv[1])[:k]:
         print(f"{per:9.0f}  {key}")
 

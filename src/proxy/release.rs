@@ -14,8 +14,8 @@
 //! [`after_bursts`] looks at the proxy's open connections once a second and trims when they
 //! have fallen to half or less of the most open at once since the last trim (and by at least
 //! [`MIN_DROP`]): after a burst, not during one. `malloc_trim` locks each arena while it walks
-//! it, so a worker allocating at that moment waits (a fraction of a millisecond for heaps of
-//! this size); a steady load never triggers it. OpenResty's lua-nginx-module calls
+//! it, so a worker allocating at that moment waits for it (not measured here); a steady load
+//! never triggers it. OpenResty's lua-nginx-module calls
 //! `malloc_trim` for the same reason, every N requests (`lua_malloc_trim`).
 
 use std::sync::Arc;
