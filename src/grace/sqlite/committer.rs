@@ -22,6 +22,7 @@ use super::counters::{Counters, Undo};
 use super::keys::KeyFilter;
 use super::log;
 use super::ops;
+use super::schema;
 use super::writer::{Cmd, MAX_BATCH};
 use crate::grace::config::GraceLimits;
 use crate::grace::store::{AppendOutcome, Item, NewItem, StoreError};
@@ -164,7 +165,7 @@ impl Committer {
                                 self.next_seq += 1;
                                 // Before anyone hears of it. If the log write fails the key stays
                                 // in the filter: that only costs a lookup.
-                                self.keys.insert(&item.idem_key);
+                                self.keys.insert(schema::key_hash(&item.idem_key));
                                 let share = ops::share(&item);
                                 c.added(&share, item.state);
                                 undo.push(Undo::Added(share, item.state));
@@ -225,7 +226,7 @@ impl Committer {
 
     /// The item already holding `key`: not yet applied, or in the database.
     fn known(&self, key: &str) -> Result<Option<Item>, StoreError> {
-        if !self.keys.may_contain(key) {
+        if !self.keys.may_contain(schema::key_hash(key)) {
             return Ok(None);
         }
         if let Some(item) = self.pending.lock().ok().and_then(|p| p.by_key(key)) {

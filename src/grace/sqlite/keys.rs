@@ -16,8 +16,10 @@
 //! (about 0.05%) however many keys arrive. Memory: 16 bits per key of capacity, rounded up to a
 //! power of two: 128 KiB for an empty journal, 3 bytes a key at 300 000 keys, 4 MiB for a
 //! journal opened with a million items (room for a million more before the next layer).
-//! Positions come from one keyed SipHash (random per process), so callers cannot choose keys
-//! that all look taken.
+//! The filter is fed each key's stored hash (`schema::key_hash`, the `idem_hash` column), so
+//! the journal's start reads only the small `items_idem` index to fill it. Positions come from
+//! one keyed SipHash (random per process) of that hash, so callers cannot choose keys that all
+//! look taken.
 
 use std::hash::{BuildHasher, RandomState};
 
@@ -77,18 +79,18 @@ impl KeyFilter {
         KeyFilter { layers: vec![first], hasher: RandomState::new() }
     }
 
-    fn hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key)
+    fn hash(&self, key_hash: i64) -> u64 {
+        self.hasher.hash_one(key_hash)
     }
 
-    /// False only if `key` was never inserted.
-    pub fn may_contain(&self, key: &str) -> bool {
-        let h = self.hash(key);
+    /// False only if no key with this `key_hash` was ever inserted.
+    pub fn may_contain(&self, key_hash: i64) -> bool {
+        let h = self.hash(key_hash);
         self.layers.iter().any(|l| l.contains(h))
     }
 
-    pub fn insert(&mut self, key: &str) {
-        let h = self.hash(key);
+    pub fn insert(&mut self, key_hash: i64) {
+        let h = self.hash(key_hash);
         let full = self.layers.last().is_none_or(|l| l.len >= l.capacity);
         if full {
             let (capacity, hashes) = self
@@ -116,19 +118,20 @@ impl KeyFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grace::sqlite::schema::key_hash;
 
     #[test]
     fn every_key_inserted_is_found_across_new_layers_and_few_others_are() {
         let mut f = KeyFilter::with_capacity(0);
         let n = 300_000u64; // past the first layer (65 536) and the second (131 072)
         for i in 0..n {
-            f.insert(&format!("key-{i}"));
+            f.insert(key_hash(&format!("key-{i}")));
         }
         assert!(f.layers.len() >= 3, "{} layers", f.layers.len());
         assert_eq!(f.len(), n);
-        let missed = (0..n).filter(|i| !f.may_contain(&format!("key-{i}"))).count();
+        let missed = (0..n).filter(|i| !f.may_contain(key_hash(&format!("key-{i}")))).count();
         assert_eq!(missed, 0, "a key inserted must never read as new");
-        let false_positives = (0..200_000u64).filter(|i| f.may_contain(&format!("other-{i}"))).count();
+        let false_positives = (0..200_000u64).filter(|i| f.may_contain(key_hash(&format!("other-{i}")))).count();
         // Under 0.2% (twice the first layer's rate, with room for chance): 400 of 200 000.
         assert!(false_positives < 400, "{false_positives} false positives in 200 000");
         assert!(f.bytes() < (n as usize) * 4, "{} bytes for {n} keys", f.bytes());
@@ -138,10 +141,10 @@ mod tests {
     fn a_filter_sized_for_a_journal_keeps_its_keys_in_one_layer() {
         let mut f = KeyFilter::with_capacity(100_000);
         for i in 0..100_000u64 {
-            f.insert(&format!("{i:032x}"));
+            f.insert(key_hash(&format!("{i:032x}")));
         }
         assert_eq!(f.layers.len(), 1);
-        assert!(f.may_contain(&format!("{:032x}", 99_999)));
-        assert!(!KeyFilter::with_capacity(0).may_contain("anything"), "an empty filter holds nothing");
+        assert!(f.may_contain(key_hash(&format!("{:032x}", 99_999))));
+        assert!(!KeyFilter::with_capacity(0).may_contain(key_hash("anything")), "an empty filter holds nothing");
     }
 }

@@ -206,16 +206,17 @@ pub fn recorded_log_dir(conn: &Connection, path: &Path) -> Result<PathBuf, Store
     Ok(log_dir_on_record(conn)?.unwrap_or_else(|| log::dir_for(path)))
 }
 
-/// Every idempotency key the database holds, for the committer's filter (`keys.rs`). Called
-/// after the log's replay, so items only the log held are in it too.
+/// The hash of every idempotency key the database holds, for the committer's filter
+/// (`keys.rs`), read from the `items_idem` index alone. Called after the log's replay, so items
+/// only the log held are in it too.
 fn known_keys(conn: &Connection) -> Result<KeyFilter, StoreError> {
     let started = std::time::Instant::now();
     let count: i64 = conn.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0))?;
     let mut keys = KeyFilter::with_capacity(u64::try_from(count).unwrap_or(0));
-    let mut stmt = conn.prepare("SELECT idem_key FROM items")?;
+    let mut stmt = conn.prepare("SELECT idem_hash FROM items INDEXED BY items_idem")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        keys.insert(row.get_ref(0)?.as_str().map_err(|e| StoreError(format!("an idempotency key: {e}")))?);
+        keys.insert(row.get(0)?);
     }
     if count > 0 {
         tracing::info!(
@@ -363,9 +364,10 @@ impl Store for SqliteStore {
             return Box::pin(std::future::ready(Ok(Some(item))));
         }
         let result = with_thread_reader(&self.path, |c| {
-            static SQL: std::sync::LazyLock<String> =
-                std::sync::LazyLock::new(|| format!("SELECT {ITEM_COLS} FROM items WHERE idem_key = ?1"));
-            Ok(items(c, &SQL, params![key])?.pop())
+            static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                format!("SELECT {ITEM_COLS} FROM items INDEXED BY items_idem WHERE idem_hash = ?1 AND idem_key = ?2")
+            });
+            Ok(items(c, &SQL, params![schema::key_hash(&key), key])?.pop())
         });
         Box::pin(std::future::ready(result))
     }
@@ -395,8 +397,8 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT {ITEM_COLS} FROM items i INDEXED BY items_ready \
              WHERE state IN ('journaled','retry_wait','unknown') AND next_attempt_ms <= ?1 \
-             AND NOT EXISTS (SELECT 1 FROM items j INDEXED BY items_open_lane WHERE j.card_ref = i.card_ref \
-             AND j.seq < i.seq AND j.state IN {}) ORDER BY seq LIMIT ?2",
+             AND NOT EXISTS (SELECT 1 FROM items j INDEXED BY items_open_card WHERE j.card_key = i.card_key \
+             AND j.card_ref = i.card_ref AND j.seq < i.seq AND j.state IN {}) ORDER BY seq LIMIT ?2",
             schema::OUTSTANDING
         );
         Box::pin(async move {
@@ -571,6 +573,92 @@ mod tests {
         let records: Vec<Vec<u8>> = n.iter().map(|&i| log::encode(&accepted(i))).collect();
         let mut w = log::Writer::open(dir, log::next_id(dir).unwrap()).unwrap();
         w.append(&records.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+    }
+
+    /// Turns a journal into the shape journals had before `idem_hash` and `card_key`: UNIQUE on
+    /// the key's text, the card-lane index on the card reference.
+    fn downgrade_to_text_key_indexes(path: &Path) {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(&format!(
+            "BEGIN; CREATE TABLE items_old (seq INTEGER PRIMARY KEY AUTOINCREMENT, \
+             receipt_id TEXT NOT NULL UNIQUE, idem_key TEXT NOT NULL UNIQUE, fingerprint BLOB NOT NULL, \
+             policy TEXT NOT NULL, route TEXT NOT NULL, card_ref TEXT NOT NULL, card_masked TEXT NOT NULL, \
+             institution TEXT NOT NULL, amount_fen INTEGER NOT NULL, reason TEXT NOT NULL, state TEXT NOT NULL, \
+             method TEXT NOT NULL, path TEXT NOT NULL, payload BLOB NOT NULL, encrypted INTEGER NOT NULL, \
+             accepted_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, \
+             attempts INTEGER NOT NULL DEFAULT 0, next_attempt_ms INTEGER NOT NULL DEFAULT 0, \
+             final_status INTEGER, final_body TEXT, backend_ref TEXT, last_error TEXT, \
+             remaining_count INTEGER, remaining_amount INTEGER); \
+             INSERT INTO items_old SELECT {ITEM_COLS} FROM items; DROP TABLE items; \
+             ALTER TABLE items_old RENAME TO items; \
+             CREATE INDEX items_state ON items(state, next_attempt_ms); \
+             CREATE INDEX items_open_lane ON items(card_ref, seq) WHERE state IN {}; \
+             CREATE INDEX items_ready ON items(seq) WHERE state IN ('journaled','retry_wait','unknown'); COMMIT;",
+            schema::OUTSTANDING
+        ))
+        .unwrap();
+    }
+
+    fn indexes(path: &Path) -> Vec<(String, bool)> {
+        let c = Connection::open(path).unwrap();
+        let mut stmt = c.prepare("SELECT name, \"unique\" FROM pragma_index_list('items') ORDER BY name").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// A journal written before the hashed key indexes is rebuilt once when opened: every item
+    /// keeps its number and state, its key is still claimed, card lanes still order the
+    /// forwarding, an item only in its log is read offline from the old shape and replayed
+    /// into the new one, and the text indexes are gone.
+    #[tokio::test]
+    async fn a_journal_with_text_key_indexes_is_rebuilt_with_hashed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        for (i, card) in [(1, "a"), (2, "a"), (3, "b")] {
+            assert!(matches!(store.append(item(i, card), limits(10)).await.unwrap(), AppendOutcome::Accepted(_)));
+        }
+        store.close();
+        drop(store);
+        downgrade_to_text_key_indexes(&path);
+        let old = indexes(&path);
+        assert!(old.iter().any(|(n, u)| n == "sqlite_autoindex_items_2" && *u), "{old:?}");
+        assert!(old.iter().any(|(n, _)| n == "items_open_lane"), "{old:?}");
+        log_only(&log::dir_for(&path), &[5]);
+
+        // The CLI reads the old shape, the item only in the log included, and changes nothing.
+        let offline = schema::open_offline(&path, None).unwrap();
+        let n: i64 = offline.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 4);
+        drop(offline);
+        assert_eq!(indexes(&path), old);
+
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        let new = indexes(&path);
+        let names: Vec<&str> = new.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"items_idem") && names.contains(&"items_open_card"), "{new:?}");
+        assert!(!names.contains(&"items_open_lane"), "{new:?}");
+        assert_eq!(new.iter().filter(|(_, u)| *u).count(), 1, "only the receipt id is UNIQUE: {new:?}");
+        for (i, seq) in [(2, 2), (5, 5)] {
+            match store.append(item(i, "a"), limits(10)).await.unwrap() {
+                AppendOutcome::Existing(e) => assert_eq!(e.seq, seq, "key k{i}"),
+                other => panic!("key k{i} is still claimed: {other:?}"),
+            }
+        }
+        match store.append(item(6, "b"), limits(10)).await.unwrap() {
+            AppendOutcome::Accepted(i) => assert_eq!(i.seq, 6),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.card_exposure("a"), (3, 300));
+        let due: Vec<i64> = store.due(i64::MAX, 10).await.unwrap().iter().map(|i| i.seq).collect();
+        assert_eq!(due, [1, 3], "one head per card lane");
+        assert_eq!(store.get("r2".into()).await.unwrap().map(|i| i.state), Some(State::Journaled));
+        store.close();
+        drop(store);
+        let c = schema::open_reader(&path).unwrap();
+        schema::integrity_check(&c).unwrap();
+        let hashed: i64 =
+            c.query_row("SELECT COUNT(*) FROM items WHERE idem_hash <> 0 AND card_key <> 0", [], |r| r.get(0)).unwrap();
+        assert_eq!(hashed, 5, "every item, migrated or replayed, has both hashes");
     }
 
     /// An item acknowledged but not yet applied when the process died is only in the log: the

@@ -130,48 +130,58 @@ pub fn share(item: &Item) -> Share {
 /// crash inserts items the database may already have: those are left as they are (they may
 /// have moved on since).
 pub fn insert(conn: &Connection, item: &Item) -> Result<(), StoreError> {
-    insert_into(conn, "items", item)
+    insert_into(conn, "items", item, true)
 }
 
-/// [`insert`] into another table of the same shape (the offline reader's overlay).
-pub fn insert_into(conn: &Connection, table: &str, item: &Item) -> Result<(), StoreError> {
-    conn.prepare_cached(&format!(
+/// [`insert`] into another table of the same shape (the offline reader's overlay); `hashed`
+/// false for the shape of a journal from before the `idem_hash` and `card_key` columns (a copy
+/// the CLI reads without changing it).
+pub fn insert_into(conn: &Connection, table: &str, item: &Item, hashed: bool) -> Result<(), StoreError> {
+    let (cols, values) = if hashed { (", idem_hash, card_key", ",?22,?23") } else { ("", "") };
+    let mut stmt = conn.prepare_cached(&format!(
         "INSERT OR IGNORE INTO {table}(seq, receipt_id, idem_key, fingerprint, policy, route, card_ref, card_masked, \
          institution, amount_fen, reason, state, method, path, payload, encrypted, accepted_ms, deadline_ms, \
-         updated_ms, attempts, next_attempt_ms, remaining_count, remaining_amount) \
-         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?17,0,?19,?20,?21)"
-    ))?
-    .execute(params![
-        item.seq,
-        item.receipt_id,
-        item.idem_key,
-        item.fingerprint,
-        item.policy,
-        item.route,
-        item.card_ref,
-        item.card_masked,
-        item.institution,
-        item.amount_fen,
-        item.reason,
-        item.state.as_str(),
-        item.method,
-        item.path,
-        item.payload,
-        item.encrypted as i64,
-        item.accepted_ms,
-        item.deadline_ms,
-        item.next_attempt_ms,
-        item.remaining_count,
-        item.remaining_amount,
-    ])?;
+         updated_ms, attempts, next_attempt_ms, remaining_count, remaining_amount{cols}) \
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?17,0,?19,?20,?21{values})"
+    ))?;
+    let hashes = (schema::key_hash(&item.idem_key), schema::key_hash(&item.card_ref));
+    let (state, encrypted) = (item.state.as_str(), item.encrypted as i64);
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![
+        &item.seq,
+        &item.receipt_id,
+        &item.idem_key,
+        &item.fingerprint,
+        &item.policy,
+        &item.route,
+        &item.card_ref,
+        &item.card_masked,
+        &item.institution,
+        &item.amount_fen,
+        &item.reason,
+        &state,
+        &item.method,
+        &item.path,
+        &item.payload,
+        &encrypted,
+        &item.accepted_ms,
+        &item.deadline_ms,
+        &item.next_attempt_ms,
+        &item.remaining_count,
+        &item.remaining_amount,
+    ];
+    if hashed {
+        values.extend([&hashes.0 as &dyn rusqlite::ToSql, &hashes.1]);
+    }
+    stmt.execute(values.as_slice())?;
     Ok(())
 }
 
 /// The item holding an idempotency key in the database, if any.
 pub fn by_key(conn: &Connection, key: &str) -> Result<Option<Item>, StoreError> {
-    static BY_KEY: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| format!("SELECT {ITEM_COLS} FROM items WHERE idem_key = ?1"));
-    Ok(conn.prepare_cached(&BY_KEY)?.query_row(params![key], schema::item).optional()?)
+    static BY_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("SELECT {ITEM_COLS} FROM items INDEXED BY items_idem WHERE idem_hash = ?1 AND idem_key = ?2")
+    });
+    Ok(conn.prepare_cached(&BY_KEY)?.query_row(params![schema::key_hash(key), key], schema::item).optional()?)
 }
 
 fn share_of(conn: &Connection, receipt_id: &str) -> Result<Option<(Share, State)>, StoreError> {
