@@ -133,6 +133,7 @@ async fn status(engines: &[Arc<Engine>]) -> Response<ProxyBody> {
                 "forward_rate_limit_per_second": e.pacer.rate(),
                 "eta_seconds": if rate > 0.01 { Some((pending as f64 / rate).ceil() as u64) } else { None },
                 "journal_bytes": s.journal_bytes,
+                "journal_error": s.journal_error,
                 "receipt_key_id": e.signer.key_id,
                 "receipt_public_key": e.signer.public_key_b64(),
             }),

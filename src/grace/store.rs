@@ -189,6 +189,9 @@ pub struct Summary {
     pub by_institution: std::collections::BTreeMap<String, (u64, i64)>,
     pub oldest_accepted_ms: Option<i64>,
     pub journal_bytes: u64,
+    /// Set when the journal stopped writing its database (a failed sync): it still accepts
+    /// items into its log, and needs a restart to catch up.
+    pub journal_error: Option<String>,
 }
 
 /// The journal. Implementations must make `append` atomic and durable before resolving.

@@ -161,6 +161,7 @@ impl Counters {
             by_institution: self.institutions.iter().filter(|(_, v)| v.0 > 0).map(|(k, v)| (k.clone(), *v)).collect(),
             oldest_accepted_ms: self.outstanding.iter().next().map(|(ms, _)| *ms),
             journal_bytes: self.journal_bytes,
+            journal_error: None,
         }
     }
 }

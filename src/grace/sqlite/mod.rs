@@ -46,6 +46,8 @@ pub struct SqliteStore {
     /// The applier's thread, to unpark it when a command arrives.
     applier: std::thread::Thread,
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
+    /// The applier's and the checkpoint thread's gate and flags.
+    shared: Arc<checkpoint::Shared>,
     counters: Arc<Mutex<Counters>>,
     pending: Arc<Mutex<Pending>>,
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -80,9 +82,8 @@ impl SqliteStore {
         let counters = Arc::new(Mutex::new(counters));
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (tx, rx) = mpsc::channel(writer::MAX_BATCH * 8);
-        // Raised by the checkpoint thread, cleared by the applier (see `writer::finish_checkpoint`).
-        let backfilled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let applier = Applier::new(conn, counters.clone(), pending.clone(), log_dir, backfilled.clone(), next_seg);
+        let shared = Arc::new(checkpoint::Shared::default());
+        let applier = Applier::new(conn, counters.clone(), pending.clone(), log_dir, shared.clone(), next_seg);
         let thread = std::thread::Builder::new()
             .name("grace-journal".into())
             .spawn(move || applier.run(rx))
@@ -110,7 +111,8 @@ impl SqliteStore {
             committer: Mutex::new(Some(committer)),
             applier: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
-            checkpointer: Mutex::new(Some(checkpoint::Checkpointer::start(path, backfilled)?)),
+            checkpointer: Mutex::new(Some(checkpoint::Checkpointer::start(path, shared.clone())?)),
+            shared,
             counters,
             pending,
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -425,7 +427,11 @@ impl Store for SqliteStore {
     }
 
     fn summary(&self) -> Summary {
-        self.counters.lock().map(|c| c.summary()).unwrap_or_default()
+        let mut s = self.counters.lock().map(|c| c.summary()).unwrap_or_default();
+        if self.shared.sync_failed.load(std::sync::atomic::Ordering::Acquire) {
+            s.journal_error = Some(checkpoint::SYNC_FAILED.into());
+        }
+        s
     }
 
     fn card_exposure(&self, card_ref: &str) -> (u64, i64) {
@@ -573,6 +579,37 @@ mod tests {
         let records: Vec<Vec<u8>> = n.iter().map(|&i| log::encode(&accepted(i))).collect();
         let mut w = log::Writer::open(dir, log::next_id(dir).unwrap()).unwrap();
         w.append(&records.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+    }
+
+    /// After a sync of the database failed (`checkpoint.rs`) the applier writes nothing more:
+    /// appends are still acknowledged from the log, commands are refused with the reason, the
+    /// close leaves the log alone, and the next start replays every item into the database.
+    #[tokio::test]
+    async fn after_a_failed_sync_nothing_more_is_written_and_a_restart_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        assert!(matches!(store.append(item(1, "a"), limits(10)).await.unwrap(), AppendOutcome::Accepted(_)));
+        assert_eq!(store.list(None, 10).await.unwrap().len(), 1, "item 1 is in the database");
+        store.shared.sync_failed.store(true, std::sync::atomic::Ordering::Release);
+        assert!(matches!(store.append(item(2, "a"), limits(10)).await.unwrap(), AppendOutcome::Accepted(_)));
+        let refused = store.transition(to("r1", &[State::Journaled], State::Settled)).await.unwrap_err();
+        assert!(refused.0.contains("sync"), "{refused:?}");
+        assert_eq!(store.summary().journal_error.as_deref(), Some(checkpoint::SYNC_FAILED));
+        store.close();
+        drop(store);
+        let c = schema::open_reader(&path).unwrap();
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM items", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1, "item 2 was never written into the database");
+        drop(c);
+        assert!(!log::segments(&log::dir_for(&path)).unwrap().is_empty(), "the log is kept");
+
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.card_exposure("a"), (2, 200));
+        assert_eq!(store.get("r2".into()).await.unwrap().map(|i| i.seq), Some(2));
+        assert!(store.transition(to("r1", &[State::Journaled], State::Settled)).await.unwrap());
+        assert_eq!(store.summary().journal_error, None);
+        store.close();
     }
 
     /// Turns a journal into the shape journals had before `idem_hash` and `card_key`: UNIQUE on

@@ -13,13 +13,14 @@
 //! the database for good and are recycled.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Shared;
 use super::committer::Pending;
 use super::counters::{Counters, Undo};
 use super::log;
@@ -62,9 +63,11 @@ pub struct Applier {
     pub counters: Arc<Mutex<Counters>>,
     pub pending: Arc<Mutex<Pending>>,
     pub log_dir: PathBuf,
-    /// Raised by the checkpoint thread when its last pass copied the whole WAL it found
-    /// (`checkpoint.rs`); the writer then finishes that checkpoint between two batches.
-    pub backfilled: Arc<AtomicBool>,
+    /// Shared with the checkpoint thread (`checkpoint.rs`): the gate every transaction is
+    /// committed behind, the count of commits, and its flags (`backfilled`: its last pass
+    /// copied the whole WAL it found, and the writer finishes that checkpoint between two
+    /// batches; `sync_failed`: nothing more is written).
+    pub shared: Arc<Shared>,
     /// Log segments below this one are durable in the database (and recycled).
     pub durable_seg: u64,
     full: bool,
@@ -79,20 +82,10 @@ impl Applier {
         counters: Arc<Mutex<Counters>>,
         pending: Arc<Mutex<Pending>>,
         log_dir: PathBuf,
-        backfilled: Arc<AtomicBool>,
+        shared: Arc<Shared>,
         durable_seg: u64,
     ) -> Applier {
-        Applier {
-            conn,
-            counters,
-            pending,
-            log_dir,
-            backfilled,
-            durable_seg,
-            full: true,
-            carry: Vec::new(),
-            prepared: 0,
-        }
+        Applier { conn, counters, pending, log_dir, shared, durable_seg, full: true, carry: Vec::new(), prepared: 0 }
     }
 
     /// Runs until every sender is dropped (or `Stop`), then folds the WAL into the database.
@@ -128,7 +121,20 @@ impl Applier {
             if let Ok(mut c) = self.counters.lock() {
                 c.journal_bytes = bytes;
             }
-            if (!batch.is_empty() || !self.carry.is_empty()) && !self.commit_batch(batch) {
+            let shared = self.shared.clone();
+            let gate = shared.gate();
+            let idle = batch.is_empty() && self.carry.is_empty();
+            let committed = idle || self.commit_batch(batch);
+            if shared.backfilled.swap(false, Ordering::AcqRel) {
+                finish_checkpoint(&self.conn);
+            }
+            drop(gate);
+            if committed {
+                failures = 0;
+                if !idle {
+                    shared.commits.fetch_add(1, Ordering::Release);
+                }
+            } else {
                 // The database refused the items (disk full, I/O error): they are safe in the
                 // log; try again shortly rather than spin, and when stopping, not forever (the
                 // next start replays the log).
@@ -138,11 +144,6 @@ impl Applier {
                     break;
                 }
                 std::thread::park_timeout(Duration::from_millis(200));
-            } else {
-                failures = 0;
-            }
-            if self.backfilled.swap(false, Ordering::AcqRel) {
-                finish_checkpoint(&self.conn);
             }
             if stop && rx.is_empty() && self.carry.is_empty() {
                 break;
@@ -152,6 +153,14 @@ impl Applier {
     }
 
     fn close(&mut self) {
+        let shared = self.shared.clone();
+        let _gate = shared.gate();
+        if shared.sync_failed.load(Ordering::Acquire) {
+            tracing::error!(
+                "grace journal closing after a failed sync: nothing folded, the log kept for the next start"
+            );
+            return;
+        }
         // Fold the WAL into the database file, so a copy of the file alone is complete, and
         // the log is no longer needed.
         let folded = self
@@ -247,6 +256,15 @@ impl Applier {
         let mut apply_error: Option<StoreError> = None;
         if let Err(e) = self.durability(full) {
             apply_error = Some(e.into());
+        }
+        if self.shared.sync_failed.load(Ordering::Acquire) {
+            // What the disk holds is unknown (`checkpoint.rs`): nothing more is written.
+            let e = StoreError(
+                "a sync of the journal's database failed; restart the sidecar (the log keeps every item)".into(),
+            );
+            applies.extend(batch_applies(batch, &e));
+            self.carry = applies;
+            return false;
         }
         let tx = match self.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
