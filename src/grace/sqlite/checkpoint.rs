@@ -18,8 +18,9 @@
 //! ms in the same runs (BENCHMARKS.md, session 15). Order is what keeps a power loss harmless,
 //! and the applier's [`Shared::gate`] is what keeps it:
 //! 1. the WAL is durable before any of its frames is copied: the gate is taken before the
-//!    WAL's sync, and the applier (the journal's one writer) commits only holding it, so no
-//!    frame written after the sync is copied;
+//!    WAL's sync (most of the WAL is written out before, without it), and the applier (the
+//!    journal's one writer) commits only holding it, so no frame written after the sync is
+//!    copied;
 //! 2. the database is durable before the WAL is written from its start again: only a write
 //!    transaction restarts the WAL, and the gate is held until the database's sync is done.
 //!
@@ -68,6 +69,9 @@ pub struct Shared {
     /// Held by the applier for each transaction (and its own checkpoints), and by this thread
     /// from the WAL's sync to the database's (the module comment says why).
     gate: Mutex<()>,
+    /// This thread is waiting for the gate: the applier lets it in before its next batch (a
+    /// mutex is not fair, and an applier with a full queue would take it back at once).
+    waiting: AtomicBool,
     /// Transactions the applier committed; a pass runs only when it moved.
     pub commits: AtomicU64,
     /// Raised when a pass copied a long WAL completely (`writer::finish_checkpoint`).
@@ -77,7 +81,23 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The gate, for the applier: after the checkpoint thread if it is waiting.
     pub fn gate(&self) -> MutexGuard<'_, ()> {
+        while self.waiting.load(Ordering::Acquire) {
+            std::thread::park_timeout(Duration::from_micros(100));
+        }
+        self.lock()
+    }
+
+    /// The gate, for the checkpoint thread.
+    fn gate_first(&self) -> MutexGuard<'_, ()> {
+        self.waiting.store(true, Ordering::Release);
+        let gate = self.lock();
+        self.waiting.store(false, Ordering::Release);
+        gate
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
         self.gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -110,11 +130,15 @@ impl Checkpointer {
                     if flag.load(Ordering::Acquire) || commits == seen || shared.sync_failed.load(Ordering::Acquire) {
                         continue;
                     }
-                    seen = commits;
                     match pass(&conn, &db, &wal, &shared) {
-                        Ok((0, log, copied)) if log >= RESTART_FRAMES && copied == log => {
-                            shared.backfilled.store(true, Ordering::Release);
+                        Ok((0, log, copied)) if copied == log => {
+                            // All copied: nothing to do until the applier commits again.
+                            seen = commits;
+                            if log >= RESTART_FRAMES {
+                                shared.backfilled.store(true, Ordering::Release);
+                            }
                         }
+                        // A reader's snapshot held some frames back: again at the next tick.
                         Ok(_) => {}
                         Err(Failed::Sync(e)) => {
                             shared.sync_failed.store(true, Ordering::Release);
@@ -154,15 +178,20 @@ enum Failed {
 /// One checkpoint, with SQLite's syncs done here (the module comment): returns SQLite's
 /// (busy, frames in the WAL, frames copied into the database).
 fn pass(conn: &Connection, db: &File, wal: &Path, shared: &Shared) -> Result<(i64, i64, i64), Failed> {
-    let _gate = shared.gate();
-    match File::open(wal) {
-        Ok(wal) => {
-            write_out(&wal);
-            wal.sync_data().map_err(Failed::Sync)?;
-        }
+    let wal = match File::open(wal) {
+        Ok(wal) => Some(wal),
         // No WAL yet: nothing to copy (the checkpoint below finds nothing either).
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Failed::Sync(e)),
+    };
+    // Most of the WAL goes out before the applier is held up; the sync under the gate writes
+    // only what it committed since.
+    if let Some(wal) = &wal {
+        write_out(wal);
+    }
+    let _gate = shared.gate_first();
+    if let Some(wal) = &wal {
+        wal.sync_data().map_err(Failed::Sync)?;
     }
     let copied = conn
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
