@@ -11,11 +11,11 @@
 //! its pages into the database file and makes that durable; SQLite does both with one `fsync`
 //! each, and each `fsync` sends everything the applier's last batch wrote (several MB at
 //! 20 000 appends/s) to the disk at once. On a disk without FUA (`queue/fua` 0, as on this
-//! VM) the log's every `fdatasync` then waits for that whole burst: the appends' p99 was 5.4–9
-//! ms. This thread's connection checkpoints with `synchronous=OFF` and does SQLite's two syncs
-//! itself, in SQLite's order, first writing the dirty pages out in [`CHUNK`]s one after the
-//! other (`sync_file_range`), so a log write finds at most one chunk ahead of it: p99 3.5–3.8
-//! ms in the same runs (BENCHMARKS.md, session 15). Order is what keeps a power loss harmless,
+//! VM) the log's every `fdatasync` then waits for that whole burst: the appends' p99 at 20 000/s
+//! was 5.5–6.4 ms. This thread's connection checkpoints with `synchronous=OFF` and does SQLite's
+//! two syncs itself, in SQLite's order, first writing the dirty pages out in [`CHUNK`]s one
+//! after the other (`sync_file_range`), so a log write finds at most one chunk ahead of it:
+//! 3.7–4.2 ms, the two builds alternated (`bench/journal_ab.py`, BENCHMARKS.md session 15). Order is what keeps a power loss harmless,
 //! and the applier's [`Shared::gate`] is what keeps it:
 //! 1. the WAL is durable before any of its frames is copied: the gate is taken before the
 //!    WAL's sync (most of the WAL is written out before, without it), and the applier (the
