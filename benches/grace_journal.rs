@@ -42,6 +42,16 @@ fn dir() -> tempfile::TempDir {
     }
 }
 
+/// Writes every dirty page on the machine out before a timed run. A build just before (a
+/// release build leaves a few hundred MB in the page cache, written back ~30 s later) or the
+/// run before would otherwise reach the disk during this one, and the log's `fdatasync` waits
+/// behind it: the journal's p99 read 7.1 ms in a `bench/run.sh --lifeline-only` that had just
+/// rebuilt this bench, 3.5–4.2 ms in the same sequence run alone (BENCHMARKS.md, session 15).
+fn settle_disk() {
+    let synced = std::process::Command::new("sync").status();
+    assert!(synced.as_ref().is_ok_and(|s| s.success()), "sync(1) failed: {synced:?}");
+}
+
 fn report(name: &str, n: u64, elapsed: Duration, h: &Histogram<u64>) {
     println!(
         "{name}: {n} in {:.2}s = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -111,6 +121,7 @@ fn unlimited() -> Arc<GraceLimits> {
 /// Closed model: `GRACE_BENCH_WRITERS` tasks each append 400 items back to back. Gives the
 /// ceiling; its latency is the queue those writers build (Little's law: writers / throughput).
 async fn journal() {
+    settle_disk();
     let (_dir, store) = open_store("bench.db");
     let limits = unlimited();
     let writers: u64 = std::env::var("GRACE_BENCH_WRITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
@@ -145,6 +156,7 @@ async fn journal() {
 }
 
 async fn http() {
+    settle_disk();
     let d = dir();
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let yaml = format!(
@@ -296,6 +308,7 @@ fn host_gaps(secs: f64) -> String {
 /// scheduled arrival (no coordinated omission). This is "p99 commit latency at 20 000/s".
 /// After it, the machine's own lines ([`Jitter`], [`host_gaps`]) say what the host allowed.
 async fn journal_rate() {
+    settle_disk();
     let gaps = host_gaps(3.0);
     let (_dir, store) = open_store("rate.db");
     let jitter = Jitter::start();

@@ -11,7 +11,9 @@ use crate::grace::store::{Item, State, StoreError};
 
 /// The items table's columns. `idem_hash` and `card_key` are [`key_hash`]es of `idem_key` and
 /// `card_ref`: the two indexes a new item lands at a random place in are built on them, not on
-/// the text (see [`INDEXES`]).
+/// the text (see [`INDEXES`]). Their default, 0, is what a Lifeline from before them writes
+/// when it is rolled back to and runs on a journal of this shape; [`rehash_unhashed`] fills
+/// those in on the next open.
 const ITEMS_COLUMNS: &str = "(
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     receipt_id       TEXT NOT NULL UNIQUE,
@@ -40,8 +42,8 @@ const ITEMS_COLUMNS: &str = "(
     last_error       TEXT,
     remaining_count  INTEGER,
     remaining_amount INTEGER,
-    idem_hash        INTEGER NOT NULL,
-    card_key         INTEGER NOT NULL
+    idem_hash        INTEGER NOT NULL DEFAULT 0,
+    card_key         INTEGER NOT NULL DEFAULT 0
 )";
 
 const OTHER_TABLES: &str = "
@@ -161,7 +163,32 @@ pub fn open_writer(path: &std::path::Path) -> Result<Connection, StoreError> {
         compact_key_indexes(&mut conn)?;
     }
     conn.execute_batch(INDEXES)?;
+    rehash_unhashed(&mut conn)?;
     Ok(conn)
+}
+
+/// Fills in `idem_hash` and `card_key` for items an older Lifeline wrote into a journal of the
+/// current shape (after a rollback): it leaves both 0, and a key lookup by hash would miss them.
+/// Both are always written together, so the `items_idem` index finds every such row.
+fn rehash_unhashed(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    let mut fixed = 0u64;
+    {
+        let mut read =
+            tx.prepare("SELECT seq, idem_key, card_ref FROM items INDEXED BY items_idem WHERE idem_hash = 0")?;
+        let mut write = tx.prepare("UPDATE items SET idem_hash = ?2, card_key = ?3 WHERE seq = ?1")?;
+        let mut rows = read.query([])?;
+        while let Some(r) = rows.next()? {
+            let (seq, key, card): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            write.execute(params![seq, key_hash(&key), key_hash(&card)])?;
+            fixed += 1;
+        }
+    }
+    tx.commit()?;
+    if fixed > 0 {
+        tracing::info!(items = fixed, "grace journal: key hashes filled in for items an older version wrote");
+    }
+    Ok(())
 }
 
 /// Whether `table` has `column` (journals written before a column existed lack it).
