@@ -167,23 +167,45 @@ pub fn open_writer(path: &std::path::Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Items read at a time by [`fill_hashes`] (two in tests, so that they cross chunks).
+const FILL_CHUNK: i64 = if cfg!(test) { 2 } else { 10_000 };
+
+/// Sets `idem_hash` and `card_key` in `table` for the items `select` returns (`seq, idem_key,
+/// card_ref` in order of `seq`, those after `?1`, at most `?2`: a chunk at a time). Each chunk
+/// is read before it is written: SQLite leaves undefined what a running query sees of rows
+/// changed under it. Returns how many were set.
+fn fill_hashes(conn: &Connection, select: &str, table: &str) -> Result<u64, StoreError> {
+    let mut read = conn.prepare(select)?;
+    let mut write = conn.prepare(&format!("UPDATE {table} SET idem_hash = ?2, card_key = ?3 WHERE seq = ?1"))?;
+    let (mut after, mut done) = (i64::MIN, 0u64);
+    loop {
+        let rows = read
+            .query_map(params![after, FILL_CHUNK], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let Some(last) = rows.last().map(|r| r.0) else {
+            return Ok(done);
+        };
+        for (seq, key, card) in &rows {
+            write.execute(params![seq, key_hash(key), key_hash(card)])?;
+        }
+        done += rows.len() as u64;
+        after = last;
+    }
+}
+
 /// Fills in `idem_hash` and `card_key` for items an older Lifeline wrote into a journal of the
 /// current shape (after a rollback): it leaves both 0, and a key lookup by hash would miss them.
 /// Both are always written together, so the `items_idem` index finds every such row.
 fn rehash_unhashed(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
-    let mut fixed = 0u64;
-    {
-        let mut read =
-            tx.prepare("SELECT seq, idem_key, card_ref FROM items INDEXED BY items_idem WHERE idem_hash = 0")?;
-        let mut write = tx.prepare("UPDATE items SET idem_hash = ?2, card_key = ?3 WHERE seq = ?1")?;
-        let mut rows = read.query([])?;
-        while let Some(r) = rows.next()? {
-            let (seq, key, card): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            write.execute(params![seq, key_hash(&key), key_hash(&card)])?;
-            fixed += 1;
-        }
-    }
+    let fixed = fill_hashes(
+        &tx,
+        "SELECT seq, idem_key, card_ref FROM items INDEXED BY items_idem \
+         WHERE idem_hash = 0 AND seq > ?1 ORDER BY seq LIMIT ?2",
+        "items",
+    )?;
     tx.commit()?;
     if fixed > 0 {
         tracing::info!(items = fixed, "grace journal: key hashes filled in for items an older version wrote");
@@ -208,17 +230,11 @@ fn compact_key_indexes(conn: &mut Connection) -> Result<(), StoreError> {
         "CREATE TABLE items_compact {ITEMS_COLUMNS}; \
          INSERT INTO items_compact({ITEM_COLS}, idem_hash, card_key) SELECT {ITEM_COLS}, 0, 0 FROM items;"
     ))?;
-    let mut moved = 0u64;
-    {
-        let mut read = tx.prepare("SELECT seq, idem_key, card_ref FROM items")?;
-        let mut write = tx.prepare("UPDATE items_compact SET idem_hash = ?2, card_key = ?3 WHERE seq = ?1")?;
-        let mut rows = read.query([])?;
-        while let Some(r) = rows.next()? {
-            let (seq, key, card): (i64, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            write.execute(params![seq, key_hash(&key), key_hash(&card)])?;
-            moved += 1;
-        }
-    }
+    let moved = fill_hashes(
+        &tx,
+        "SELECT seq, idem_key, card_ref FROM items WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        "items_compact",
+    )?;
     tx.execute_batch("DROP TABLE items; ALTER TABLE items_compact RENAME TO items;")?;
     tx.commit()?;
     tracing::info!(
