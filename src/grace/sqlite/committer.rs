@@ -143,8 +143,9 @@ impl Committer {
         // Key lookups first, without the counters' lock (the database read may touch disk).
         let mut looked_up = Vec::with_capacity(batch.len());
         for Append(item, limits, reply, _) in batch {
-            let known = self.known(&item.idem_key);
-            looked_up.push((item, limits, reply, known));
+            let key_hash = schema::key_hash(&item.idem_key);
+            let known = self.known(&item.idem_key, key_hash);
+            looked_up.push((item, limits, reply, known, key_hash));
         }
         let mut answers: Vec<(Reply, Result<AppendOutcome, StoreError>)> = Vec::with_capacity(looked_up.len());
         let mut accepted: Vec<Arc<Item>> = Vec::new();
@@ -152,7 +153,7 @@ impl Committer {
         let mut undo = Vec::new();
         {
             let mut c = self.counters.lock().map_err(|_| StoreError("counters poisoned".into()))?;
-            for (item, limits, reply, known) in looked_up {
+            for (item, limits, reply, known, key_hash) in looked_up {
                 let outcome = match known {
                     Err(e) => Err(e),
                     Ok(Some(existing)) => Ok(AppendOutcome::Existing(Box::new(existing))),
@@ -165,7 +166,7 @@ impl Committer {
                                 self.next_seq += 1;
                                 // Before anyone hears of it. If the log write fails the key stays
                                 // in the filter: that only costs a lookup.
-                                self.keys.insert(schema::key_hash(&item.idem_key));
+                                self.keys.insert(key_hash);
                                 let share = ops::share(&item);
                                 c.added(&share, item.state);
                                 undo.push(Undo::Added(share, item.state));
@@ -224,9 +225,10 @@ impl Committer {
         Ok(())
     }
 
-    /// The item already holding `key`: not yet applied, or in the database.
-    fn known(&self, key: &str) -> Result<Option<Item>, StoreError> {
-        if !self.keys.may_contain(schema::key_hash(key)) {
+    /// The item already holding `key` (whose `schema::key_hash` is `key_hash`): not yet
+    /// applied, or in the database.
+    fn known(&self, key: &str, key_hash: i64) -> Result<Option<Item>, StoreError> {
+        if !self.keys.may_contain(key_hash) {
             return Ok(None);
         }
         if let Some(item) = self.pending.lock().ok().and_then(|p| p.by_key(key)) {

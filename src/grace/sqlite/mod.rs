@@ -365,12 +365,7 @@ impl Store for SqliteStore {
         if let Some(item) = self.pending.lock().ok().and_then(|p| p.by_key(&key)) {
             return Box::pin(std::future::ready(Ok(Some(item))));
         }
-        let result = with_thread_reader(&self.path, |c| {
-            static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-                format!("SELECT {ITEM_COLS} FROM items INDEXED BY items_idem WHERE idem_hash = ?1 AND idem_key = ?2")
-            });
-            Ok(items(c, &SQL, params![schema::key_hash(&key), key])?.pop())
-        });
+        let result = with_thread_reader(&self.path, |c| ops::by_key(c, &key));
         Box::pin(std::future::ready(result))
     }
 

@@ -259,9 +259,7 @@ impl Applier {
         }
         if self.shared.sync_failed.load(Ordering::Acquire) {
             // What the disk holds is unknown (`checkpoint.rs`): nothing more is written.
-            let e = StoreError(
-                "a sync of the journal's database failed; restart the sidecar (the log keeps every item)".into(),
-            );
+            let e = StoreError(super::checkpoint::SYNC_FAILED.into());
             applies.extend(batch_applies(batch, &e));
             self.carry = applies;
             return false;
