@@ -4,7 +4,9 @@
 //! operator and forwarder changes arrive as commands. The thread takes the first waiting
 //! message plus everything queued behind it (up to [`MAX_BATCH`]) and runs them all in one
 //! `BEGIN IMMEDIATE` transaction — each command in its own savepoint, so one bad command does
-//! not sink the others — and COMMITs once (group commit).
+//! not sink the others — and COMMITs once (group commit). Every transaction is run holding the
+//! checkpoint thread's gate (`checkpoint.rs`: that thread does SQLite's checkpoint syncs
+//! itself, and the gate keeps them in SQLite's order).
 //!
 //! A batch of accepted items alone commits with `synchronous=NORMAL`: no fsync, the log already
 //! holds them. A batch with a command commits with `synchronous=FULL` (its fsync of the WAL
