@@ -554,8 +554,9 @@ mod tests {
         assert!(total > 1000, "the writers got {total} appends through");
         // Measured (restart at 4096 frames): 15 restarts in 4 s (an 83 MB WAL) with the writer
         // finishing checkpoints, none (an 818 MB WAL, still growing) without. In a debug build
-        // beside the other tests (~60 000 appends/s here): 2–4 restarts, a 30–57 MB WAL; with the
-        // checkpoint thread's own syncs 2 restarts, 30–38 MB, and once in eleven runs only 1.
+        // beside the other tests (~60 000 appends/s; printed by a temporary eprintln!): 2–4
+        // restarts, a 30–57 MB WAL; with the checkpoint thread's own syncs 2 restarts, 30–38 MB,
+        // and once in eleven runs only 1.
         assert!(restarts >= 1, "the WAL never restarted in 3 s of appends ({} bytes)", wal.len());
         assert!(wal.len() < 128 << 20, "the WAL grew to {} bytes in 3 s ({restarts} restarts)", wal.len());
         // The log is bounded too: segments the database holds for good are reused or deleted
