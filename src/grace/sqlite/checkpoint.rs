@@ -145,7 +145,7 @@ impl Checkpointer {
                             shared.sync_failed.store(true, Ordering::Release);
                             tracing::error!(error = %e, "grace journal: a sync of the database failed; it takes no more writes until restarted (the log keeps every item)");
                         }
-                        Err(Failed::Checkpoint(e)) => {
+                        Err(Failed::Retry(e)) => {
                             tracing::warn!(error = %e, "grace journal checkpoint failed; will retry");
                         }
                     }
@@ -172,8 +172,10 @@ impl Drop for Checkpointer {
 }
 
 enum Failed {
+    /// A sync failed: what the disk holds is unknown.
     Sync(std::io::Error),
-    Checkpoint(rusqlite::Error),
+    /// Nothing was copied, or what was is synced: the next pass tries again.
+    Retry(String),
 }
 
 /// One checkpoint, with SQLite's syncs done here (the module comment): returns SQLite's
@@ -183,7 +185,8 @@ fn pass(conn: &Connection, db: &File, wal: &Path, shared: &Shared) -> Result<(i6
         Ok(wal) => Some(wal),
         // No WAL yet: nothing to copy (the checkpoint below finds nothing either).
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Failed::Sync(e)),
+        // Out of descriptors, say: nothing was copied yet, so the disk is as it was.
+        Err(e) => return Err(Failed::Retry(format!("cannot open the WAL: {e}"))),
     };
     // Most of the WAL goes out before the applier is held up; the sync under the gate writes
     // only what it committed since.
@@ -196,7 +199,7 @@ fn pass(conn: &Connection, db: &File, wal: &Path, shared: &Shared) -> Result<(i6
     }
     let copied = conn
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .map_err(Failed::Checkpoint);
+        .map_err(|e| Failed::Retry(e.to_string()));
     // Whatever the checkpoint reported, it may have written pages before it failed.
     write_out(db);
     db.sync_data().map_err(Failed::Sync)?;
