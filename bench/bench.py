@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Lifeline vs HAProxy vs nginx vs direct, on one machine, in one run. Run through bench/run.sh.
 
+HAProxy and nginx run twice: as configured for a plain proxy (`haproxy`, `nginx`), and doing
+the header work Lifeline does on every exchange (`haproxy-eq`, `nginx-eq`: X-Forwarded-For and
+-Proto, a generated request id up and back, the time left, the attempt count; bench/peers.py).
+
 Per round, peers run in a rotated order (so none always goes first or last). Each peer is
 started fresh, warmed up, then measured:
   - max req/s, HTTP/1.1 (wrk) and h2c (h2load), at 64 and 256 connections;
@@ -206,7 +210,8 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per throughput run")
     ap.add_argument("--latency-duration", type=int, default=10, help="seconds of the fixed-rate run")
     ap.add_argument("--rate", type=int, default=5000, help="fixed rate for added latency (req/s)")
-    ap.add_argument("--peers", default="direct,lifeline,haproxy,nginx")
+    ap.add_argument("--peers", default="direct,lifeline,haproxy,nginx,haproxy-eq,nginx-eq",
+                    help="haproxy-eq and nginx-eq: the peers doing the header work Lifeline does (bench/peers.py)")
     ap.add_argument("--lifeline", default=os.path.join(ROOT, "target/release/lifeline"))
     ap.add_argument("--compare", metavar="BINARY", help="also measure this lifeline build as peer lifeline-alt")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))

@@ -2,6 +2,10 @@
 
 Fairness rules (see BENCHMARKS.md): every proxy keeps connections to the backend alive, logs
 nothing per request, and runs the same number of worker threads as Lifeline's runtime (THREADS).
+
+`haproxy-eq` and `nginx-eq` are the same peers told to do the header work Lifeline does on
+every exchange (EQUAL_HEADERS), so that the backend and the load generator parse the same
+fields whichever proxy is in the middle.
 """
 
 import os
@@ -15,7 +19,18 @@ PORTS = {
     "lifeline-alt": (18081, 18081),  # another build, for before/after comparisons (--compare)
     "haproxy": (18082, 18092),
     "nginx": (18083, 18093),
+    # The same peers doing Lifeline's header work; they run one at a time, so they share ports.
+    "haproxy-eq": (18082, 18092),
+    "nginx-eq": (18083, 18093),
 }
+
+# What Lifeline adds to every exchange, with the benchmark's config (src/proxy/headers.rs,
+# src/resilience/deadline.rs, src/resilience/retry): on the way up X-Forwarded-For,
+# X-Forwarded-Proto, a generated X-Request-Id and the time left (X-Lifeline-Timeout-Ms: 800,
+# the per-try timeout); on the way back the same request id and the attempt count
+# (X-Lifeline-Attempts: 1). A backend and a load generator parse these too: measured per
+# request, the backend and wrk spent more CPU behind Lifeline than behind the plain peers.
+EQUAL_HEADERS = "X-Forwarded-For, X-Forwarded-Proto, X-Request-Id, X-Lifeline-Timeout-Ms up; X-Request-Id, X-Lifeline-Attempts back"
 ADMIN = 18181
 
 
@@ -71,8 +86,16 @@ routes:
 """
 
 
-def haproxy_conf(d, threads):
+def haproxy_conf(d, threads, equal=False):
     h1, h2 = PORTS["haproxy"]
+    eq = """
+  unique-id-format %[uuid()]
+  unique-id-header X-Request-Id
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Lifeline-Timeout-Ms 800
+  http-response set-header X-Request-Id %[unique-id]
+  http-response set-header X-Lifeline-Attempts 1""" if equal else ""
     return f"""
 global
   nbthread {threads}
@@ -89,15 +112,22 @@ defaults
   no log
 frontend fe
   bind 127.0.0.1:{h1}
-  bind 127.0.0.1:{h2} proto h2
+  bind 127.0.0.1:{h2} proto h2{eq}
   default_backend be
 backend be
   server s1 127.0.0.1:{BACKEND_H1} maxconn 1024
 """
 
 
-def nginx_conf(d, threads):
+def nginx_conf(d, threads, equal=False):
     h1, h2 = PORTS["nginx"]
+    eq = """
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Request-Id $request_id;
+      proxy_set_header X-Lifeline-Timeout-Ms 800;
+      add_header X-Request-Id $request_id always;
+      add_header X-Lifeline-Attempts 1 always;""" if equal else ""
     return f"""
 worker_processes {threads};
 daemon off;
@@ -120,7 +150,7 @@ http {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_buffering on;
+      proxy_buffering on;{eq}
     }}
   }}
 }}
@@ -135,11 +165,11 @@ def command(name, d, threads, lifeline_bin):
     if name in ("lifeline", "lifeline-alt"):
         path = write(d, "lifeline.yaml", lifeline_conf(d, threads))
         return [lifeline_bin, "run", "-c", path]
-    if name == "haproxy":
-        path = write(d, "haproxy.cfg", haproxy_conf(d, threads))
+    if name in ("haproxy", "haproxy-eq"):
+        path = write(d, "haproxy.cfg", haproxy_conf(d, threads, equal=name.endswith("-eq")))
         return ["haproxy", "-db", "-f", path]
-    if name == "nginx":
-        path = write(d, "nginx.conf", nginx_conf(d, threads))
+    if name in ("nginx", "nginx-eq"):
+        path = write(d, "nginx.conf", nginx_conf(d, threads, equal=name.endswith("-eq")))
         return ["nginx", "-c", path, "-p", d]
     raise ValueError(name)
 

@@ -90,7 +90,7 @@ def tables(raw, args, threads):
         out.append("### Lifeline relative to the peers (>1 is better for throughput, <1 for cost)\n")
         out.append("| vs | HTTP/1.1 c64 | HTTP/1.1 c256 | h2c c64 | h2c c256 | added p99 | CPU/req at rate |")
         out.append("|---|---:|---:|---:|---:|---:|---:|")
-        for peer in ("haproxy", "nginx"):
+        for peer in ("haproxy", "nginx", "haproxy-eq", "nginx-eq"):
             if peer not in names:
                 continue
             cells = [fmt(ratio(med(m["lifeline"], k, "rps"), med(m[peer], k, "rps")), "{:.2f}")
