@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Instructions and simulated cache misses per request of each proxy (valgrind cachegrind).
+
+    python3 bench/cache_sim.py [--peers lifeline,haproxy,nginx] [--requests 2000] [--rate 500]
+
+Like bench/profile.py, but for every peer and with cachegrind's cache simulation: each proxy
+runs one worker (Lifeline pinned to one CPU, so it starts one; HAProxy `nbthread 1`; nginx one
+process, `master_process off`) under `valgrind --tool=cachegrind --cache-sim=yes`, and serves N
+then 3N requests from `lifeline load` (4 connections). The difference divided by 2N is the cost
+of one request: instructions, data reads and writes, and misses of the simulated first-level
+caches (instruction and data). Counted, not timed: the same on a busy machine. The simulated
+cache is the machine's (cachegrind reads its sizes), but the simulation sees user space only.
+"""
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+import peers  # noqa: E402
+
+EVENTS = {"instructions": r"I\s+refs:\s+([\d,]+)", "data refs": r"D\s+refs:\s+([\d,]+)",
+          "I1 misses": r"I1\s+misses:\s+([\d,]+)", "D1 misses": r"D1\s+misses:\s+([\d,]+)",
+          "LL misses": r"LL misses:\s+([\d,]+)"}
+
+
+def command(name, d, lifeline):
+    if name == "nginx":
+        conf = peers.nginx_conf(d, 1).replace("daemon off;", "daemon off;\nmaster_process off;")
+        return ["nginx", "-c", peers.write(d, "nginx.conf", conf), "-p", d]
+    if name == "haproxy":
+        return ["haproxy", "-db", "-f", peers.write(d, "haproxy.cfg", peers.haproxy_conf(d, 1))]
+    # One CPU allowed: Lifeline starts one proxy worker (and a one-thread control runtime).
+    return ["taskset", "-c", "0"] + peers.command("lifeline", d, 1, lifeline)
+
+
+def run(name, n, args, d):
+    out = os.path.join(d, f"{name}-{n}.cg")
+    log_path = os.path.join(d, f"{name}-{n}.log")
+    cmd = command(name, d, args.lifeline)
+    at = 3 if cmd[0] == "taskset" else 0  # valgrind goes after taskset
+    cmd[at:at] = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--cachegrind-out-file={out}"]
+    with open(log_path, "w") as log:
+        p = bench.start(cmd, log)
+        try:
+            port = peers.PORTS[name][0]
+            bench.wait_port(port, timeout=60, proc=p)
+            time.sleep(0.5)
+            subprocess.run([args.lifeline, "load", f"http://127.0.0.1:{port}/", "--rate", str(args.rate),
+                            "--duration", f"{n / args.rate}s", "-c", "4", "--quiet", "--timeout", "30s"],
+                           check=True, capture_output=True, timeout=n / args.rate + 120)
+            os.kill(p.pid, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)  # nginx: graceful stop
+            p.wait(60)
+        finally:
+            bench.stop(p)
+    text = open(log_path).read()
+    found = {}
+    for key, pattern in EVENTS.items():
+        m = re.search(pattern, text)
+        if not m:
+            raise RuntimeError(f"cachegrind printed no {key} for {name}; see {log_path}")
+        found[key] = int(m.group(1).replace(",", ""))
+    return found
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers", default="lifeline,haproxy,nginx")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--rate", type=int, default=500)
+    ap.add_argument("--lifeline", default=os.path.join(bench.ROOT, "target/release/lifeline"))
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="lifeline-cache-sim-")
+    try:
+        bench.start_backend(d, args.lifeline)
+        print(f"per request ({args.requests} vs {3 * args.requests} requests at {args.rate}/s, 4 connections, one worker):")
+        print(f"{'peer':10s} " + " ".join(f"{k:>12s}" for k in EVENTS))
+        for name in args.peers.split(","):
+            a, b = run(name, args.requests, args, d), run(name, 3 * args.requests, args, d)
+            print(f"{name:10s} " + " ".join(f"{(b[k] - a[k]) / (2 * args.requests):12.1f}" for k in EVENTS), flush=True)
+    finally:
+        bench.stop_all()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""CPU per request of the proxy, the backend and the load generator, for each peer.
+
+    python3 bench/cpu_split.py [--peers lifeline,nginx-eq,haproxy-eq] [--conns 64] [--rounds 3]
+    python3 bench/cpu_split.py --peers lifeline,lifeline-alt --compare OLD_BINARY --rounds 4
+
+On this 2-core machine the proxy, the backend (nginx, one worker) and wrk share the CPUs, so a
+peer's throughput is set by what all three spend per request, not by the proxy alone. Per round
+and peer (rotated order, each started fresh, 1 s of warm-up): `wrk -t1 -cN -d5s`, then the CPU
+time (user + system) of the proxy's processes, of the backend and of wrk (its rusage), each
+divided by the requests served. Their sum times the throughput is about the two cores.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+import peers  # noqa: E402
+
+
+def ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def one(name, binary, conns, secs, d, backend_pids):
+    p = bench.start(peers.command(name, d, bench.THREADS, binary), open(os.path.join(d, f"{name}.log"), "w"))
+    try:
+        url = f"http://127.0.0.1:{peers.PORTS[name][0]}/"
+        bench.wait_port(peers.PORTS[name][0], proc=p)
+        subprocess.run(["wrk", "-t1", f"-c{conns}", "-d1s", url], capture_output=True, check=True)
+        pids = bench.group_pids(p)
+        p0, b0 = ticks(pids), ticks(backend_pids)
+        w = subprocess.Popen(["wrk", "-t1", f"-c{conns}", f"-d{secs}s", url], stdout=subprocess.PIPE, text=True)
+        out = w.stdout.read()
+        _, status, usage = os.wait4(w.pid, 0)
+        if status != 0:
+            raise RuntimeError(f"wrk failed against {name}")
+        p1, b1 = ticks(pids), ticks(backend_pids)
+        n = int(re.search(r"(\d+) requests in", out).group(1))
+        per = lambda seconds: seconds / n * 1e6  # noqa: E731
+        return {"rps": n / secs, "proxy_us": per((p1 - p0) / bench.TICK), "backend_us": per((b1 - b0) / bench.TICK),
+                "wrk_us": per(usage.ru_utime + usage.ru_stime)}
+    finally:
+        bench.stop(p)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers", default="lifeline,nginx-eq,haproxy-eq")
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    ap.add_argument("--lifeline", default=os.path.join(bench.ROOT, "target/release/lifeline"))
+    ap.add_argument("--compare", metavar="BINARY", help="the lifeline build measured as peer lifeline-alt")
+    args = ap.parse_args()
+    names = args.peers.split(",")
+    if args.compare and "lifeline-alt" not in names:
+        names.append("lifeline-alt")
+    d = tempfile.mkdtemp(prefix="lifeline-cpu-split-")
+    seen = {n: [] for n in names}
+    keys = ("rps", "proxy_us", "backend_us", "wrk_us")
+    try:
+        backend = bench.start_backend(d, args.lifeline)
+        backend_pids = bench.group_pids(backend)
+        print(f"{args.conns} connections, {args.duration} s per run; CPU µs per request")
+        for rnd in range(args.rounds):
+            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+                binary = args.compare if name == "lifeline-alt" else args.lifeline
+                r = one(name, binary, args.conns, args.duration, d, backend_pids)
+                seen[name].append(r)
+                print(f"round {rnd + 1} {name:12s} {r['rps']:8.0f} req/s  proxy {r['proxy_us']:5.1f}  "
+                      f"backend {r['backend_us']:5.1f}  wrk {r['wrk_us']:5.1f}  "
+                      f"sum {r['proxy_us'] + r['backend_us'] + r['wrk_us']:5.1f}", flush=True)
+        for name, runs in seen.items():
+            m = {k: statistics.median(r[k] for r in runs) for k in keys}
+            print(f"median  {name:12s} {m['rps']:8.0f} req/s  proxy {m['proxy_us']:5.1f}  backend {m['backend_us']:5.1f}  "
+                  f"wrk {m['wrk_us']:5.1f}  sum {m['proxy_us'] + m['backend_us'] + m['wrk_us']:5.1f}  ({len(runs)} rounds)")
+    finally:
+        bench.stop_all()
+
+
+if __name__ == "__main__":
+    main()
