@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Instructions and simulated cache misses per request of each proxy (valgrind cachegrind).
 
-    python3 bench/cache_sim.py [--peers lifeline,haproxy,nginx] [--requests 2000] [--rate 500]
+    python3 bench/cache_sim.py [--peers lifeline,haproxy,nginx] [--requests 2000] [--rate 500] [--conns 4]
 
 Like bench/profile.py, but for every peer and with cachegrind's cache simulation: each proxy
 runs one worker (Lifeline pinned to one CPU, so it starts one; HAProxy `nbthread 1`; nginx one
 process, `master_process off`) under `valgrind --tool=cachegrind --cache-sim=yes`, and serves N
-then 3N requests from `lifeline load` (4 connections). The difference divided by 2N is the cost
-of one request: instructions, data reads and writes, and misses of the simulated first-level
-caches (instruction and data). Counted, not timed: the same on a busy machine. The simulated
-cache is the machine's (cachegrind reads its sizes), but the simulation sees user space only.
+then 3N requests from `lifeline load` (4 connections, or --conns). The difference divided by 2N
+is the cost of one request: instructions, data reads and writes, and misses of the simulated
+first-level caches (instruction and data). Counted, not timed: the same on a busy machine. The
+simulated cache is the machine's (cachegrind reads its sizes), but it sees user space only.
 """
 
 import argparse
@@ -53,7 +53,7 @@ def run(name, n, args, d):
             bench.wait_port(port, timeout=60, proc=p)
             time.sleep(0.5)
             subprocess.run([args.lifeline, "load", f"http://127.0.0.1:{port}/", "--rate", str(args.rate),
-                            "--duration", f"{n / args.rate}s", "-c", "4", "--quiet", "--timeout", "30s"],
+                            "--duration", f"{n / args.rate}s", "-c", str(args.conns), "--quiet", "--timeout", "30s"],
                            check=True, capture_output=True, timeout=n / args.rate + 120)
             os.kill(p.pid, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)  # nginx: graceful stop
             p.wait(60)
@@ -74,12 +74,13 @@ def main():
     ap.add_argument("--peers", default="lifeline,haproxy,nginx")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--rate", type=int, default=500)
+    ap.add_argument("--conns", type=int, default=4, help="connections of the load generator")
     ap.add_argument("--lifeline", default=os.path.join(bench.ROOT, "target/release/lifeline"))
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="lifeline-cache-sim-")
     try:
         bench.start_backend(d, args.lifeline)
-        print(f"per request ({args.requests} vs {3 * args.requests} requests at {args.rate}/s, 4 connections, one worker):")
+        print(f"per request ({args.requests} vs {3 * args.requests} requests at {args.rate}/s, {args.conns} connections, one worker):")
         print(f"{'peer':10s} " + " ".join(f"{k:>12s}" for k in EVENTS))
         for name in args.peers.split(","):
             a, b = run(name, args.requests, args, d), run(name, 3 * args.requests, args, d)
