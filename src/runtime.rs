@@ -113,7 +113,7 @@ impl Runtime {
     }
 
     /// The first route matching the request.
-    pub fn route(&self, parts: &http::request::Parts) -> Option<&RouteEntry> {
-        self.routes.iter().find(|r| crate::proxy::route::matches(&r.config.matcher, parts))
+    pub fn route(&self, head: &impl crate::proxy::route::RequestHead) -> Option<&RouteEntry> {
+        self.routes.iter().find(|r| crate::proxy::route::matches(&r.config.matcher, head))
     }
 }

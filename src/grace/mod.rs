@@ -135,11 +135,14 @@ impl Engines {
 
 /// The receipt id of a `GET /grace/receipts/{id}` on the proxy port, when grace is configured
 /// (the hospital's system polls it there; it is answered before routing so no route hides it).
-pub fn receipt_request<'a>(rt: &crate::runtime::Runtime, parts: &'a http::request::Parts) -> Option<&'a str> {
-    if rt.grace.map.is_empty() || parts.method != http::Method::GET {
+pub fn receipt_request<'a, H: crate::proxy::route::RequestHead>(
+    rt: &crate::runtime::Runtime,
+    head: &'a H,
+) -> Option<&'a str> {
+    if rt.grace.map.is_empty() || head.method() != http::Method::GET {
         return None;
     }
-    parts.uri.path().strip_prefix("/grace/receipts/")
+    head.uri().path().strip_prefix("/grace/receipts/")
 }
 
 /// Wraps a route's stack with its grace policy, if it has one, and registers the unwrapped

@@ -43,7 +43,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::body::{self, ProxyBody};
+use super::body::{self, ProxyBody, ProxyRequest};
 use super::passthrough::Passthrough;
 use crate::error::{BoxError, ErrorKind, LifelineError};
 use crate::http1::{self, Chunk, Framing, Step, MAX_HEADERS};
@@ -68,7 +68,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// (RFC 9110 §7.6.1): HTTP/1.1 ones are dropped while parsing, h2c ones (`te: trailers`, the
 /// only one HTTP/2 lets through) as hyper hands the request over.
 pub trait Handler: Send + Sync + 'static {
-    fn call(&self, req: Request<ProxyBody>, peer: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send;
+    fn call(&self, req: ProxyRequest, peer: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send;
 }
 
 /// Limits of one connection.
@@ -183,9 +183,9 @@ enum Next {
     H2,
 }
 
-/// A parsed request head, before it becomes a `Request`.
+/// A parsed request head: the request (boxed where it will stay, its body not yet set).
 struct Head {
-    req: Request<()>,
+    req: ProxyRequest,
     framing: Framing,
     keep_alive: bool,
     expect_continue: bool,
@@ -222,10 +222,10 @@ impl Conn {
                 inb.serial = self.serial;
                 inb.continue_owed = (head.expect_continue && has_body).then_some(0);
             }
-            let req = head.req.map(|()| match has_body {
-                true => body::boxed(RequestBody { shared: self.shared.clone(), serial: self.serial }),
-                false => body::empty(),
-            });
+            let mut req = head.req;
+            if has_body {
+                *req.body_mut() = body::boxed(RequestBody { shared: self.shared.clone(), serial: self.serial });
+            }
             let resp = match self.respond(handler, req, peer, has_body).await {
                 Some(resp) => resp,
                 None => return Ok(Next::Close), // the caller hung up: its request is cancelled
@@ -248,7 +248,7 @@ impl Conn {
     async fn respond<H: Handler>(
         &self,
         handler: &H,
-        req: Request<ProxyBody>,
+        req: ProxyRequest,
         peer: SocketAddr,
         has_body: bool,
     ) -> Option<Response<ProxyBody>> {
@@ -695,7 +695,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Parsed {
         },
         (None, false) => Framing::Done,
     };
-    let mut req = Request::new(());
+    let mut req = Box::new(Request::new(body::empty()));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
@@ -949,7 +949,7 @@ async fn serve_h2<H: Handler>(conn: Conn, peer: SocketAddr, handler: Arc<H>, lim
             let (mut parts, incoming) = req.into_parts();
             super::headers::strip_hop_by_hop(&mut parts.headers);
             let body = if incoming.is_end_stream() { body::empty() } else { body::boxed(incoming) };
-            let mut resp = handler.call(Request::from_parts(parts, body), peer).await;
+            let mut resp = handler.call(Box::new(Request::from_parts(parts, body)), peer).await;
             // hyper's encoder reads a map only.
             super::passthrough::into_map(&mut resp);
             Ok::<_, std::convert::Infallible>(resp)

@@ -27,7 +27,8 @@ use http::{Request, Response};
 use crate::error::{ErrorKind, LifelineError};
 use crate::runtime::{RouteEntry, Runtime};
 use crate::telemetry::{names, redact::mask};
-use body::ProxyBody;
+use body::{ProxyBody, ProxyRequest};
+use route::RequestHead;
 
 /// State the proxy shares with the app: the runtime snapshot and the drain flag.
 pub struct Proxy {
@@ -42,24 +43,26 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: every error is an answer.
-    pub async fn handle(&self, req: Request<ProxyBody>, peer: SocketAddr) -> Response<ProxyBody> {
+    ///
+    /// The request stays in its box from the server connection to the upstream client: each
+    /// step moves a pointer, not the 240-byte request (taking it apart and putting it back
+    /// together was seven copies of it per request).
+    pub async fn handle(&self, req: ProxyRequest, peer: SocketAddr) -> Response<ProxyBody> {
         let received = Instant::now();
         let _in_flight = InFlight::enter();
         let rt = self.runtime.load_full();
-        let (parts, body) = req.into_parts();
-        let request_id = headers::request_id(&parts.headers);
-        let version = parts.version;
-        let method = parts.method.clone();
-        // Only the access log needs an owned copy of the path.
+        let request_id = headers::request_id(req.headers());
+        let version = req.version();
+        // Only the access log needs the method and an owned copy of the path.
         let access_log = self.access_log.load(Ordering::Relaxed);
-        let path = access_log.then(|| parts.uri.path().to_string());
+        let logged = access_log.then(|| (req.method().clone(), req.uri().path().to_string()));
 
-        let route = rt.route(&parts);
-        let receipt_id = crate::grace::receipt_request(&rt, &parts);
-        let mut resp = match (receipt_id, check_request(&rt, &parts, route)) {
+        let route = rt.route(&*req);
+        let receipt_id = crate::grace::receipt_request(&rt, &*req);
+        let mut resp = match (receipt_id, check_request(&rt, &*req, route)) {
             (Some(id), _) => crate::grace::receipt::serve(&rt.grace, id).await,
             (None, Err(err)) => respond::lifeline_error_response(&err, &request_id),
-            (None, Ok(route)) => forward(route, parts, body, peer, &request_id).await,
+            (None, Ok(route)) => forward(route, req, peer, &request_id).await,
         };
         passthrough::set_header(&mut resp, headers::X_REQUEST_ID.clone(), request_id.clone());
         if self.draining.load(Ordering::Relaxed) && version <= http::Version::HTTP_11 {
@@ -71,7 +74,7 @@ impl Proxy {
         if let Some(route) = route {
             route.metrics.duration.record(elapsed.as_secs_f64());
         }
-        if let Some(path) = path {
+        if let Some((method, path)) = logged {
             let error = passthrough::response_header(&resp, &headers::X_LIFELINE_ERROR)
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .unwrap_or("");
@@ -95,7 +98,7 @@ impl Proxy {
 impl h1::Handler for Proxy {
     fn call(
         &self,
-        req: Request<ProxyBody>,
+        req: ProxyRequest,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send {
         self.handle(req, peer)
@@ -153,18 +156,19 @@ pub fn publish_in_flight() {
 /// Limits and routing that answer before any upstream is involved.
 fn check_request<'a>(
     rt: &Runtime,
-    parts: &http::request::Parts,
+    head: &impl RequestHead,
     route: Option<&'a RouteEntry>,
 ) -> Result<&'a RouteEntry, LifelineError> {
     let max = rt.config.limits.max_header_bytes;
-    let uri_len = parts.uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(1)
-        + parts.uri.authority().map(|a| a.as_str().len()).unwrap_or(0);
-    if headers::header_bytes(uri_len, &parts.headers) > max {
+    let uri = head.uri();
+    let uri_len = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(1)
+        + uri.authority().map(|a| a.as_str().len()).unwrap_or(0);
+    if headers::header_bytes(uri_len, head.headers()) > max {
         return Err(LifelineError::new(ErrorKind::HeadersTooLarge, format!("request headers exceed {max} bytes")));
     }
-    if parts.version == http::Version::HTTP_11 {
+    if head.version() == http::Version::HTTP_11 {
         // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host header gets a 400.
-        let hosts = parts.headers.get_all(HOST).iter().count();
+        let hosts = head.headers().get_all(HOST).iter().count();
         if hosts != 1 {
             let msg = if hosts == 0 { "HTTP/1.1 requests need a Host header" } else { "more than one Host header" };
             return Err(LifelineError::new(ErrorKind::BadRequest, msg));
@@ -173,10 +177,10 @@ fn check_request<'a>(
     let Some(route) = route else {
         return Err(LifelineError::new(
             ErrorKind::NoRoute,
-            format!("no route for {} {}", parts.method, mask(parts.uri.path())),
+            format!("no route for {} {}", head.method(), mask(uri.path())),
         ));
     };
-    if let Some(len) = parts.headers.get(CONTENT_LENGTH) {
+    if let Some(len) = head.headers().get(CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
             // 413 before reading a byte when Content-Length already says the body is too large.
             Some(n) if n > route.config.max_body => {
@@ -198,21 +202,22 @@ fn check_request<'a>(
 /// Runs the route's stack and turns its result into the response.
 async fn forward(
     route: &RouteEntry,
-    mut parts: http::request::Parts,
-    body: ProxyBody,
+    mut req: ProxyRequest,
     peer: SocketAddr,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     // No body (most GETs): an empty body is a zero-sized box, and nothing can exceed the limit,
     // so neither allocates.
-    let (body, exceeded) = if http_body::Body::is_end_stream(&body) {
-        (body::empty(), None)
+    let body = std::mem::replace(req.body_mut(), body::empty());
+    let exceeded = if http_body::Body::is_end_stream(&body) {
+        drop(body);
+        None
     } else {
         let exceeded = Arc::new(AtomicBool::new(false));
-        (body::boxed(body::Limited::new(body, route.config.max_body, exceeded.clone())), Some(exceeded))
+        *req.body_mut() = body::boxed(body::Limited::new(body, route.config.max_body, exceeded.clone()));
+        Some(exceeded)
     };
-    prepare_upstream(&mut parts, peer, request_id);
-    let req = Box::new(Request::from_parts(parts, body));
+    prepare_upstream(&mut req, peer, request_id);
     match route.service.serve(req).await {
         // The upstream client dropped the answer's hop-by-hop fields while parsing it.
         Ok(resp) => {
@@ -233,16 +238,17 @@ async fn forward(
 }
 
 /// Header rewriting for the upstream request.
-fn prepare_upstream(parts: &mut http::request::Parts, peer: SocketAddr, request_id: &HeaderValue) {
+fn prepare_upstream(req: &mut Request<ProxyBody>, peer: SocketAddr, request_id: &HeaderValue) {
     // HTTP/2 requests carry the host in :authority; HTTP/1.1 upstreams need a Host header.
-    if !parts.headers.contains_key(HOST) {
-        if let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            parts.headers.insert(HOST, v);
+    if !req.headers().contains_key(HOST) {
+        if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(HOST, v);
         }
     }
     // This hop's fields were dropped by the server connection (`h1::Handler`).
-    headers::add_forwarded(&mut parts.headers, peer.ip());
-    parts.headers.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    let fields = req.headers_mut();
+    headers::add_forwarded(fields, peer.ip());
+    fields.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
 }
 
 fn count_local(route: &RouteEntry, err: &crate::error::BoxError) {

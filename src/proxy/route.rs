@@ -1,16 +1,56 @@
 //! Route matching: host, method, exact path and path prefix; first match in config order wins.
 
 use http::request::Parts;
+use http::{HeaderMap, Method, Request, Uri, Version};
 
 use crate::config::MatchConfig;
 
+/// What routing and the request checks read of a request: its head, whether it is still a
+/// whole `Request` (the proxy's path keeps it boxed, so it moves as a pointer) or its `Parts`.
+pub trait RequestHead {
+    fn method(&self) -> &Method;
+    fn uri(&self) -> &Uri;
+    fn version(&self) -> Version;
+    fn headers(&self) -> &HeaderMap;
+}
+
+impl RequestHead for Parts {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+    fn uri(&self) -> &Uri {
+        &self.uri
+    }
+    fn version(&self) -> Version {
+        self.version
+    }
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+}
+
+impl<B> RequestHead for Request<B> {
+    fn method(&self) -> &Method {
+        Request::method(self)
+    }
+    fn uri(&self) -> &Uri {
+        Request::uri(self)
+    }
+    fn version(&self) -> Version {
+        Request::version(self)
+    }
+    fn headers(&self) -> &HeaderMap {
+        Request::headers(self)
+    }
+}
+
 /// Host of the request without port, from `Host` (HTTP/1.1) or the URI authority (HTTP/2).
-pub fn request_host(parts: &Parts) -> Option<&str> {
-    let raw = parts
-        .uri
+pub fn request_host(head: &impl RequestHead) -> Option<&str> {
+    let raw = head
+        .uri()
         .authority()
         .map(|a| a.host())
-        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))?;
+        .or_else(|| head.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))?;
     // Strip a port; keep bracketed IPv6 literals whole.
     Some(match raw.rfind(':') {
         Some(i) if !raw.ends_with(']') && raw[..i].rfind(':').is_none() => &raw[..i],
@@ -18,14 +58,14 @@ pub fn request_host(parts: &Parts) -> Option<&str> {
     })
 }
 
-/// True when `parts` satisfies every condition of `m`.
-pub fn matches(m: &MatchConfig, parts: &Parts) -> bool {
+/// True when the request satisfies every condition of `m`.
+pub fn matches(m: &MatchConfig, head: &impl RequestHead) -> bool {
     if let Some(method) = &m.method {
-        if parts.method != method {
+        if head.method() != method {
             return false;
         }
     }
-    let path = parts.uri.path();
+    let path = head.uri().path();
     if let Some(p) = &m.path {
         if path != p {
             return false;
@@ -37,7 +77,7 @@ pub fn matches(m: &MatchConfig, parts: &Parts) -> bool {
         }
     }
     if let Some(host) = &m.host {
-        match request_host(parts) {
+        match request_host(head) {
             Some(h) if h.eq_ignore_ascii_case(host) => {}
             _ => return false,
         }

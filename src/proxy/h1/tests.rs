@@ -16,8 +16,8 @@ type Reply = Box<dyn Fn(Request<ProxyBody>) -> BoxFuture<'static, Response<Proxy
 struct FnHandler(Reply);
 
 impl Handler for FnHandler {
-    fn call(&self, req: Request<ProxyBody>, _peer: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send {
-        (self.0)(req)
+    fn call(&self, req: ProxyRequest, _peer: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send {
+        (self.0)(*req)
     }
 }
 
