@@ -24,34 +24,22 @@ import bench  # noqa: E402
 import peers  # noqa: E402
 
 
-def ticks(pids):
-    total = 0
-    for pid in pids:
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total
-
-
-def one(name, binary, conns, secs, d, backend_pids):
+def one(name, binary, conns, secs, d, backend):
     p = bench.start(peers.command(name, d, bench.THREADS, binary), open(os.path.join(d, f"{name}.log"), "w"))
     try:
         url = f"http://127.0.0.1:{peers.PORTS[name][0]}/"
         bench.wait_port(peers.PORTS[name][0], proc=p)
         subprocess.run(["wrk", "-t1", f"-c{conns}", "-d1s", url], capture_output=True, check=True)
-        pids = bench.group_pids(p)
-        p0, b0 = ticks(pids), ticks(backend_pids)
+        p0, b0 = bench.cpu_seconds(p), bench.cpu_seconds(backend)
         w = subprocess.Popen(["wrk", "-t1", f"-c{conns}", f"-d{secs}s", url], stdout=subprocess.PIPE, text=True)
         out = w.stdout.read()
         _, status, usage = os.wait4(w.pid, 0)
         if status != 0:
             raise RuntimeError(f"wrk failed against {name}")
-        p1, b1 = ticks(pids), ticks(backend_pids)
+        p1, b1 = bench.cpu_seconds(p), bench.cpu_seconds(backend)
         n = int(re.search(r"(\d+) requests in", out).group(1))
         per = lambda seconds: seconds / n * 1e6  # noqa: E731
-        return {"rps": n / secs, "proxy_us": per((p1 - p0) / bench.TICK), "backend_us": per((b1 - b0) / bench.TICK),
+        return {"rps": n / secs, "proxy_us": per(p1 - p0), "backend_us": per(b1 - b0),
                 "wrk_us": per(usage.ru_utime + usage.ru_stime)}
     finally:
         bench.stop(p)
@@ -74,12 +62,11 @@ def main():
     keys = ("rps", "proxy_us", "backend_us", "wrk_us")
     try:
         backend = bench.start_backend(d, args.lifeline)
-        backend_pids = bench.group_pids(backend)
         print(f"{args.conns} connections, {args.duration} s per run; CPU µs per request")
         for rnd in range(args.rounds):
             for name in names[rnd % len(names):] + names[:rnd % len(names)]:
                 binary = args.compare if name == "lifeline-alt" else args.lifeline
-                r = one(name, binary, args.conns, args.duration, d, backend_pids)
+                r = one(name, binary, args.conns, args.duration, d, backend)
                 seen[name].append(r)
                 print(f"round {rnd + 1} {name:12s} {r['rps']:8.0f} req/s  proxy {r['proxy_us']:5.1f}  "
                       f"backend {r['backend_us']:5.1f}  wrk {r['wrk_us']:5.1f}  "

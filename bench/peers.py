@@ -4,7 +4,7 @@ Fairness rules (see BENCHMARKS.md): every proxy keeps connections to the backend
 nothing per request, and runs the same number of worker threads as Lifeline's runtime (THREADS).
 
 `haproxy-eq` and `nginx-eq` are the same peers told to do the header work Lifeline does on
-every exchange (EQUAL_HEADERS), so that the backend and the load generator parse the same
+every exchange (haproxy_conf and nginx_conf with equal=True), so that the backend and the load generator parse the same
 fields whichever proxy is in the middle.
 """
 
@@ -30,7 +30,7 @@ PORTS = {
 # the per-try timeout); on the way back the same request id and the attempt count
 # (X-Lifeline-Attempts: 1). A backend and a load generator parse these too: measured per
 # request, the backend and wrk spent more CPU behind Lifeline than behind the plain peers.
-EQUAL_HEADERS = "X-Forwarded-For, X-Forwarded-Proto, X-Request-Id, X-Lifeline-Timeout-Ms up; X-Request-Id, X-Lifeline-Attempts back"
+# haproxy_conf and nginx_conf add the same with equal=True.
 ADMIN = 18181
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the benchmarks in BENCHMARKS.md:
-#   bench/run.sh           full run (3 rounds, ~12 minutes of machine time)
+#   bench/run.sh           full run (3 rounds, ~10 minutes, then ~5–8 for the Lifeline-only part)
 #   bench/run.sh --quick   smoke run (1 round, short runs, ~1.5 minutes; no Lifeline-only part)
 #   bench/run.sh --lifeline-only   only breaker fast-fail, failover time and grace journal (~3 min)
 # The full run ends with the Lifeline-only part (bench/lifeline_only.py).

@@ -46,7 +46,7 @@ impl Proxy {
     ///
     /// The request stays in its box from the server connection to the upstream client: each
     /// step moves a pointer, not the 240-byte request (taking it apart and putting it back
-    /// together was seven copies of it per request).
+    /// together copied its head eight times per request).
     pub async fn handle(&self, req: ProxyRequest, peer: SocketAddr) -> Response<ProxyBody> {
         let received = Instant::now();
         let _in_flight = InFlight::enter();
