@@ -359,23 +359,42 @@ fn worker_wakeups(pid: u32) -> u64 {
 
 /// After a burst of connections closes, the sidecar gives the memory they held back to the
 /// system (`proxy::release`): glibc keeps freed memory in its arenas, so without the release
-/// the process would stay at the burst's size. The burst here is 256 client connections and
-/// as many to the backend (the pool keeps 4 idle). glibc only: elsewhere there is nothing to
-/// release.
+/// the process would stay at the burst's size. The burst here is 256 client connections, each
+/// with its request in flight at once (the backend holds every answer until all 256 have
+/// arrived, so the peak does not depend on how fast a busy machine serves them), and as many
+/// connections to the backend (the pool keeps 4 idle). glibc only: elsewhere there is nothing
+/// to release.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_held_by_a_burst_of_connections_goes_back_after_it() {
+    use http::Response;
+    use hyper::body::Incoming;
+    use lifeline::proxy::body;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = Upstream::echo().await;
+    const BURST: usize = 256;
+    let (open_gate, gate) = tokio::sync::watch::channel(false);
+    let up = Upstream::start(Arc::new(move |req: Request<Incoming>| {
+        let mut gate = gate.clone();
+        Box::pin(async move {
+            // Read the whole body, then wait for the gate.
+            let mut body = req.into_body();
+            while let Some(Ok(_)) = body.frame().await {}
+            let _ = gate.wait_for(|open| *open).await;
+            Response::new(body::full("held"))
+        })
+    }))
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\ntelemetry: {{ access_log: false }}\n\
          clusters:\n  backend:\n    endpoints:\n      - {{ address: {} }}\n    max_idle_per_endpoint: 4\n\
-         routes:\n  - {{ name: all, cluster: backend }}\n",
+         routes:\n  - {{ name: all, cluster: backend, timeout: 60s }}\n",
         up.addr
     );
     let sc = ChildSidecar::spawn(dir.path(), &yaml);
+    open_gate.send_replace(true);
     assert_eq!(get(&sc.url("/warm")).await.status, 200);
+    open_gate.send_replace(false);
     let addr = sc.url("/").trim_start_matches("http://").trim_end_matches('/').to_string();
     let releases = |text: &str| -> f64 {
         text.lines()
@@ -385,30 +404,42 @@ async fn memory_held_by_a_burst_of_connections_goes_back_after_it() {
     };
     let before = releases(&get(&sc.admin_url("/metrics")).await.text());
     let baseline = sc.rss_kib();
+    let hits_before = up.hits();
 
-    let burst = (0..256).map(|i| {
+    let burst = (0..BURST).map(|i| {
         let addr = addr.clone();
-        async move {
+        tokio::spawn(async move {
             let mut s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
             // A 4 KiB body, so every connection fills its buffers.
             let body = vec![b'x'; 4096];
             let head = format!("POST /b/{i} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len());
-            s.write_all(head.as_bytes()).await.unwrap();
-            s.write_all(&body).await.unwrap();
+            s.write_all(head.as_bytes()).await.expect("send head");
+            s.write_all(&body).await.expect("send body");
             let mut got = Vec::new();
             let mut buf = [0u8; 8192];
             while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = s.read(&mut buf).await.unwrap();
+                let n = s.read(&mut buf).await.expect("read answer");
                 assert!(n > 0, "connection {i} closed before its answer");
                 got.extend_from_slice(&buf[..n]);
             }
             assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
             s
-        }
+        })
     });
-    let open = futures_util::future::join_all(burst).await;
+    let burst: Vec<_> = burst.collect();
+    let all_in_flight = eventually(Duration::from_secs(30), || {
+        let n = up.hits() - hits_before;
+        async move { n >= BURST }
+    })
+    .await;
+    assert!(all_in_flight, "only {} of {BURST} requests reached the backend", up.hits() - hits_before);
     let peak = sc.rss_kib();
-    assert!(peak > baseline + 2048, "256 connections added only {} KiB", peak.saturating_sub(baseline));
+    open_gate.send_replace(true);
+    let mut open = Vec::with_capacity(BURST);
+    for task in burst {
+        open.push(task.await.expect("a burst connection failed"));
+    }
+    assert!(peak > baseline + 2048, "{BURST} requests in flight added only {} KiB", peak.saturating_sub(baseline));
     drop(open);
 
     // Checked once a second by the sidecar; give it a few.
