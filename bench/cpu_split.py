@@ -9,6 +9,9 @@ peer's throughput is set by what all three spend per request, not by the proxy a
 and peer (rotated order, each started fresh, 1 s of warm-up): `wrk -t1 -cN -d5s`, then the CPU
 time (user + system) of the proxy's processes, of the backend and of wrk (its rusage), each
 divided by the requests served. Their sum times the throughput is about the two cores.
+Also per 1 000 requests: how often the proxy's threads were preempted (involuntary context
+switches) and how often the backend and wrk went to sleep and woke (voluntary switches): the
+fewer answers one wake-up finds, the more each request costs those two.
 """
 
 import argparse
@@ -24,6 +27,25 @@ import bench  # noqa: E402
 import peers  # noqa: E402
 
 
+def switches(p):
+    """(voluntary, involuntary) context switches of every thread of `p`'s processes."""
+    vol = invol = 0
+    for pid in bench.group_pids(p):
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{t}/status") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            vol += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
+            invol += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
+    return vol, invol
+
+
 def one(name, binary, conns, secs, d, backend):
     p = bench.start(peers.command(name, d, bench.THREADS, binary), open(os.path.join(d, f"{name}.log"), "w"))
     try:
@@ -31,18 +53,26 @@ def one(name, binary, conns, secs, d, backend):
         bench.wait_port(peers.PORTS[name][0], proc=p)
         subprocess.run(["wrk", "-t1", f"-c{conns}", "-d1s", url], capture_output=True, check=True)
         p0, b0 = bench.cpu_seconds(p), bench.cpu_seconds(backend)
+        ps0, bs0 = switches(p), switches(backend)
         w = subprocess.Popen(["wrk", "-t1", f"-c{conns}", f"-d{secs}s", url], stdout=subprocess.PIPE, text=True)
         out = w.stdout.read()
         _, status, usage = os.wait4(w.pid, 0)
         if status != 0:
             raise RuntimeError(f"wrk failed against {name}")
         p1, b1 = bench.cpu_seconds(p), bench.cpu_seconds(backend)
+        ps1, bs1 = switches(p), switches(backend)
         n = int(re.search(r"(\d+) requests in", out).group(1))
         per = lambda seconds: seconds / n * 1e6  # noqa: E731
         return {"rps": n / secs, "proxy_us": per(p1 - p0), "backend_us": per(b1 - b0),
-                "wrk_us": per(usage.ru_utime + usage.ru_stime)}
+                "wrk_us": per(usage.ru_utime + usage.ru_stime),
+                "proxy_preempted": (ps1[1] - ps0[1]) * 1000 / n, "backend_wakes": (bs1[0] - bs0[0]) * 1000 / n,
+                "wrk_wakes": usage.ru_nvcsw * 1000 / n}
     finally:
         bench.stop(p)
+
+
+def switch_cols(r):
+    return f"preempted {r['proxy_preempted']:5.0f}  woken: backend {r['backend_wakes']:5.0f}  wrk {r['wrk_wakes']:5.0f}"
 
 
 def main():
@@ -59,10 +89,11 @@ def main():
         names.append("lifeline-alt")
     d = tempfile.mkdtemp(prefix="lifeline-cpu-split-")
     seen = {n: [] for n in names}
-    keys = ("rps", "proxy_us", "backend_us", "wrk_us")
+    keys = ("rps", "proxy_us", "backend_us", "wrk_us", "proxy_preempted", "backend_wakes", "wrk_wakes")
     try:
         backend = bench.start_backend(d, args.lifeline)
-        print(f"{args.conns} connections, {args.duration} s per run; CPU µs per request")
+        print(f"{args.conns} connections, {args.duration} s per run; CPU µs per request; per 1 000 requests: "
+              "the proxy preempted, the backend and wrk woken")
         for rnd in range(args.rounds):
             for name in names[rnd % len(names):] + names[:rnd % len(names)]:
                 binary = args.compare if name == "lifeline-alt" else args.lifeline
@@ -70,11 +101,12 @@ def main():
                 seen[name].append(r)
                 print(f"round {rnd + 1} {name:12s} {r['rps']:8.0f} req/s  proxy {r['proxy_us']:5.1f}  "
                       f"backend {r['backend_us']:5.1f}  wrk {r['wrk_us']:5.1f}  "
-                      f"sum {r['proxy_us'] + r['backend_us'] + r['wrk_us']:5.1f}", flush=True)
+                      f"sum {r['proxy_us'] + r['backend_us'] + r['wrk_us']:5.1f}  {switch_cols(r)}", flush=True)
         for name, runs in seen.items():
             m = {k: statistics.median(r[k] for r in runs) for k in keys}
             print(f"median  {name:12s} {m['rps']:8.0f} req/s  proxy {m['proxy_us']:5.1f}  backend {m['backend_us']:5.1f}  "
-                  f"wrk {m['wrk_us']:5.1f}  sum {m['proxy_us'] + m['backend_us'] + m['wrk_us']:5.1f}  ({len(runs)} rounds)")
+                  f"wrk {m['wrk_us']:5.1f}  sum {m['proxy_us'] + m['backend_us'] + m['wrk_us']:5.1f}  {switch_cols(m)}  "
+                  f"({len(runs)} rounds)")
     finally:
         bench.stop_all()
 
