@@ -460,6 +460,17 @@ impl Conn {
         version: Version,
         keep: bool,
     ) -> io::Result<bool> {
+        // The answer goes out at the end of the worker's round: the other connections whose
+        // work came in the same batch of events run first, then the answers are written back
+        // to back (tokio wakes a yielded task after its next zero-timeout poll of the reactor,
+        // behind the tasks that poll made ready). Written as each came, a write woke the
+        // caller for one answer, and on a busy machine the caller (and the backend, woken the
+        // same way) preempted this worker: with 256 connections the workers were preempted
+        // 463 times per 1 000 requests (HAProxy 214) and the backend woke 231 times (HAProxy
+        // 119); with the yield 206 and 107, and 48.4k -> 53.9k requests/s
+        // (`bench/cpu_split.py --conns 256 --compare`, BENCHMARKS.md "Session 17"). At a
+        // moderate rate a round holds one answer, and the cost is that one extra poll.
+        tokio::task::yield_now().await;
         let (parts, mut body) = resp.into_parts();
         let closes_itself = parts.headers.get_all(CONNECTION).iter().any(|v| http1::has_token(v.as_bytes(), "close"));
         let mut keep = keep && !closes_itself;
