@@ -467,9 +467,10 @@ impl Conn {
         // caller for one answer, and on a busy machine the caller (and the backend, woken the
         // same way) preempted this worker: with 256 connections the workers were preempted
         // 463 times per 1 000 requests (HAProxy 214) and the backend woke 231 times (HAProxy
-        // 119); with the yield 206 and 107, and 48.4k -> 53.9k requests/s
-        // (`bench/cpu_split.py --conns 256 --compare`, BENCHMARKS.md "Session 17"). At a
-        // moderate rate a round holds one answer, and the cost is that one extra poll.
+        // 119); with the yield 206 and 107 (`bench/cpu_split.py --conns 256 --compare`,
+        // BENCHMARKS.md "Session 17": the counts held in every round, the throughput gain,
+        // 48.4k -> 53.9k requests/s in medians, moved with the host). At a moderate rate a
+        // round holds one answer, and the cost is that one extra poll.
         tokio::task::yield_now().await;
         let (parts, mut body) = resp.into_parts();
         let closes_itself = parts.headers.get_all(CONNECTION).iter().any(|v| http1::has_token(v.as_bytes(), "close"));
