@@ -208,6 +208,17 @@ pub async fn events_of(sc: &Sidecar, kind: &str) -> Vec<serde_json::Value> {
     events(sc).await.into_iter().filter(|e| e["kind"] == kind).collect()
 }
 
+/// Waits until the cluster's controller has logged an event (of `kind`, if given). The request
+/// path only wakes the controller, which decides and logs on its own task: on a busy machine
+/// that can be after the answers of the requests that woke it are back.
+pub async fn logged(sc: &Sidecar, kind: Option<&str>) {
+    let found = eventually(Duration::from_secs(5), || async {
+        events(sc).await.iter().any(|e| kind.is_none_or(|k| e["kind"] == k))
+    })
+    .await;
+    assert!(found, "no {} event logged: {:#?}", kind.unwrap_or("cluster"), events(sc).await);
+}
+
 /// Share (percent) of priority `p` in the published plan.
 pub async fn share(sc: &Sidecar, p: u64) -> f64 {
     let c = cluster_state(sc).await;

@@ -26,6 +26,8 @@ async fn dead_primary_is_ejected_and_traffic_moves_to_dr() {
     let after = burst(&url, 60, 4, true).await;
     assert_eq!(after.get("dr"), 60, "connect failures re-picked onto DR, POST included: {after:?}");
 
+    // The path only wakes the controller; the decision and its record are the controller's.
+    logged(&sc, Some("ejected")).await;
     let ejected = events_of(&sc, "ejected").await;
     assert_eq!(ejected.len(), 1, "{ejected:#?}");
     assert_eq!(ejected[0]["endpoint"], primary.addr.to_string());
@@ -68,6 +70,7 @@ async fn one_of_three_returning_500_is_ejected_and_the_cap_holds() {
     ups[1].status.store(500, std::sync::atomic::Ordering::SeqCst);
 
     let t = burst(&url, 150, 3, false).await;
+    logged(&sc, Some("ejected")).await;
     let ejected = events_of(&sc, "ejected").await;
     assert_eq!(ejected.len(), 1, "{ejected:#?}");
     assert_eq!(ejected[0]["endpoint"], ups[1].addr.to_string());
