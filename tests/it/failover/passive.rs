@@ -26,7 +26,6 @@ async fn dead_primary_is_ejected_and_traffic_moves_to_dr() {
     let after = burst(&url, 60, 4, true).await;
     assert_eq!(after.get("dr"), 60, "connect failures re-picked onto DR, POST included: {after:?}");
 
-    // The path only wakes the controller; the decision and its record are the controller's.
     logged(&sc, Some("ejected")).await;
     let ejected = events_of(&sc, "ejected").await;
     assert_eq!(ejected.len(), 1, "{ejected:#?}");
