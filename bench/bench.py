@@ -99,16 +99,26 @@ def group_pids(p):
     return pids
 
 
-def cpu_seconds(p):
-    total = 0
-    for pid in group_pids(p):
+def user_system_of(pids):
+    """(user, system) CPU seconds of the processes `pids` (utime, stime)."""
+    user = system = 0
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            user, system = user + int(fields[11]), system + int(fields[12])
         except (OSError, IndexError, ValueError):
             pass
-    return total / TICK
+    return user / TICK, system / TICK
+
+
+def user_system(p):
+    """(user, system) CPU seconds of `p` and its process group."""
+    return user_system_of(group_pids(p))
+
+
+def cpu_seconds(p):
+    return sum(user_system(p))
 
 
 def peak_rss_mib(p):

@@ -73,19 +73,6 @@ def served(out, rate, h2=False):
     return int(re.search(r"(\d+) requests in", out).group(1))
 
 
-def user_sys(p):
-    """(user, system) CPU seconds of `p`'s processes."""
-    user = system = 0
-    for pid in bench.group_pids(p):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            user, system = user + int(fields[11]), system + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return user / bench.TICK, system / bench.TICK
-
-
 def one(name, binary, conns, secs, d, backend, rate=0, lifeline=None, h2=False):
     p = bench.start(peers.command(name, d, bench.THREADS, binary), open(os.path.join(d, f"{name}.log"), "w"))
     try:
@@ -93,7 +80,7 @@ def one(name, binary, conns, secs, d, backend, rate=0, lifeline=None, h2=False):
         url = f"http://127.0.0.1:{port}/"
         bench.wait_port(port, proc=p)
         subprocess.run(generator(url, conns, 1, 0, lifeline, h2), capture_output=True, check=True)
-        p0, b0 = user_sys(p), bench.cpu_seconds(backend)
+        p0, b0 = bench.user_system(p), bench.cpu_seconds(backend)
         ps0, bs0 = switches(p), switches(backend)
         w = subprocess.Popen(generator(url, conns, secs, rate, lifeline, h2), stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL if rate else None, text=True)
@@ -101,7 +88,7 @@ def one(name, binary, conns, secs, d, backend, rate=0, lifeline=None, h2=False):
         _, status, usage = os.wait4(w.pid, 0)
         if status != 0:
             raise RuntimeError(f"the load generator failed against {name}")
-        p1, b1 = user_sys(p), bench.cpu_seconds(backend)
+        p1, b1 = bench.user_system(p), bench.cpu_seconds(backend)
         ps1, bs1 = switches(p), switches(backend)
         n = served(out, rate, h2)
         per = lambda seconds: seconds / n * 1e6  # noqa: E731

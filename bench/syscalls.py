@@ -29,17 +29,6 @@ CALLS = ["recvfrom", "sendto", "read", "write", "readv", "writev", "recvmsg", "s
          "epoll_pwait", "epoll_ctl", "futex", "accept4", "close"]
 
 
-def cpu_split(pids):
-    user = system = 0
-    for pid in pids:
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        user, system = user + int(fields[11]), system + int(fields[12])
-    return user / bench.TICK, system / bench.TICK
-
-
 def one(name, args, d):
     binary = args.compare if name == "lifeline-alt" else args.lifeline
     p = bench.start(peers.command(name, d, bench.THREADS, binary), open(os.path.join(d, f"{name}.log"), "w"))
@@ -54,7 +43,7 @@ def one(name, args, d):
             events = ",".join(f"syscalls:sys_enter_{c}" for c in CALLS)
             perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", ",".join(map(str, pids))],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        u0, s0 = cpu_split(pids)
+        u0, s0 = bench.user_system_of(pids)
         if args.rate == "max":
             out = subprocess.run(["wrk", "-t1", f"-c{args.conns}", "-d5s", url], capture_output=True, text=True,
                                  check=True).stdout
@@ -64,7 +53,7 @@ def one(name, args, d):
             subprocess.run([args.lifeline, "load", url, "--rate", str(rate), "--duration", "5s", "-c", str(args.conns),
                             "--threads", "1", "--quiet"], capture_output=True, check=True)
             n = rate * 5
-        u1, s1 = cpu_split(pids)
+        u1, s1 = bench.user_system_of(pids)
         counts = {}
         if perf is not None:
             perf.send_signal(signal.SIGINT)
