@@ -226,6 +226,8 @@ def main():
     ap.add_argument("--compare", metavar="BINARY", help="also measure this lifeline build as peer lifeline-alt")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
     args = ap.parse_args()
+    if os.environ.get("LIFELINE_BENCH_WITHOUT"):
+        sys.exit("bench.py measures Lifeline with every resilience layer on: unset LIFELINE_BENCH_WITHOUT")
     if args.quick:
         args.rounds, args.duration, args.latency_duration = 1, 2, 3
     names = args.peers.split(",")

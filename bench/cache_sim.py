@@ -9,7 +9,8 @@ runs one worker (Lifeline pinned to one CPU, so it starts one; HAProxy `nbthread
 process, `master_process off`) under `valgrind --tool=cachegrind --cache-sim=yes`, and serves N
 then 3N requests from `lifeline load` (4 connections, or --conns). The difference divided by 2N
 is the cost of one request: instructions, data reads and writes, and misses of the simulated
-first-level caches (instruction and data). Counted, not timed: the same on a busy machine. The
+first-level caches (instruction and data). Counted, not timed; but run it on an idle machine: on a
+busy one a run handles fewer events per wake-up and the counts move (bench/profile.py). The
 simulated cache is the machine's (cachegrind reads its sizes), but it sees user space only.
 --annotate K also prints, per peer, the K functions with the most first-level data misses per
 request (`cg_diff` of the two runs, so start-up and shutdown cancel out).

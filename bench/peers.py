@@ -56,9 +56,38 @@ http {{
 """
 
 
+# Resilience blocks of the benchmark's cluster that LIFELINE_BENCH_WITHOUT may take out.
+LAYERS = ("health_check", "outlier", "failover", "breaker", "retry", "concurrency")
+
+
 def lifeline_conf(d, threads):
-    """Every resilience layer on (thresholds as in config/lifeline.yaml), nothing tripping."""
+    """Every resilience layer on (thresholds as in config/lifeline.yaml), nothing tripping.
+
+    `LIFELINE_BENCH_WITHOUT=retry,breaker` (any of LAYERS, or `all`) takes those blocks out of
+    the cluster: what one layer costs, with every script here (never for the figures against
+    the peers, which are with every layer on)."""
     del threads  # the runtime uses one worker per core; the peers are given the same count
+    without = os.environ.get("LIFELINE_BENCH_WITHOUT", "")
+    drop = set(LAYERS) if without == "all" else {w for w in without.split(",") if w}
+    unknown = drop - set(LAYERS)
+    if unknown:
+        raise ValueError(f"LIFELINE_BENCH_WITHOUT: no such layer {sorted(unknown)}; layers: {', '.join(LAYERS)}")
+    return _without(_lifeline_conf(d), drop)
+
+
+def _without(conf, drop):
+    """`conf` without the cluster's blocks named in `drop` (a block may continue on the next line)."""
+    out, skipping = [], False
+    for line in conf.splitlines(keepends=True):
+        key = line.strip().split(":", 1)[0]
+        if skipping or key in drop:
+            skipping = not line.rstrip().endswith("}")
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def _lifeline_conf(d):
     return f"""
 listen: 127.0.0.1:{PORTS['lifeline'][0]}
 admin: {{ listen: 127.0.0.1:{ADMIN} }}

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Deterministic per-request cost of Lifeline's proxy path, immune to a busy machine.
+"""Per-request cost of Lifeline's proxy path, counted rather than timed.
 
 Runs Lifeline under valgrind twice per tool with N and 3N requests (same config as the
 benchmark: all layers on, access log off) and reports the difference per request:
   - instructions per request  (valgrind --tool=callgrind, "Ir")
   - heap allocations per request and bytes allocated per request (valgrind --tool=dhat)
 Wall-clock benchmarks on a shared 2-core machine move by ±20% between runs; these counts move by
-well under 1%, so they are what the commits of hot-path changes quote.
+about 0.2% between runs on an otherwise idle machine (2 000 requests at 500/s: 28 665 and 28 670),
+so they are what the commits of hot-path changes quote. Not on a busy one: the load arrives at
+a fixed rate, and a slower run handles fewer events per wake-up (27 200–30 255 in three runs
+beside a build, session 18). quanta's clock calibration at start (the metrics exporter's) also
+runs longer in some runs than others (up to ~800 instructions per request at these counts).
 
     python3 bench/profile.py [--requests 1000] [--lifeline target/release/lifeline]
     python3 bench/profile.py --requests 2000 --rate 500 --http2 --top 40 --keep /tmp/cg
