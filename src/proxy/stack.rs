@@ -104,8 +104,13 @@ impl tower::Service<Request<ProxyBody>> for HttpService {
 /// Endpoints already tried by earlier attempts of the same request. The route's path keeps one
 /// list per request across its retries; the balancer appends the endpoint it picks and prefers
 /// endpoints not yet in the list, so a retry lands somewhere new.
+///
+/// The list holds a 64-bit hash of each key, not the key: cloning the endpoint's `Arc<str>`
+/// wrote its count, on a cache line every proxy worker writes, on every request. Two keys of
+/// one cluster hashing alike (odds about 2^-64) would only make the balancer treat an endpoint
+/// as tried.
 #[derive(Debug, Default)]
-pub struct TriedEndpoints(std::sync::Mutex<SmallVec<[Arc<str>; 4]>>);
+pub struct TriedEndpoints(std::sync::Mutex<SmallVec<[u64; 4]>>);
 
 impl TriedEndpoints {
     pub fn contains(&self, key: &str) -> bool {
@@ -114,7 +119,8 @@ impl TriedEndpoints {
 
     /// Whether `key` is among the endpoints tried from the `start`-th on.
     pub fn contains_since(&self, start: usize, key: &str) -> bool {
-        self.0.lock().map(|l| l.iter().skip(start).any(|k| &**k == key)).unwrap_or(false)
+        let h = key_hash(key);
+        self.0.lock().map(|l| l.iter().skip(start).any(|k| *k == h)).unwrap_or(false)
     }
 
     /// How many endpoints were tried so far.
@@ -126,11 +132,16 @@ impl TriedEndpoints {
         self.len() == 0
     }
 
-    pub fn push(&self, key: Arc<str>) {
+    pub fn push(&self, key: &str) {
         if let Ok(mut l) = self.0.lock() {
-            l.push(key);
+            l.push(key_hash(key));
         }
     }
+}
+
+/// FNV-1a: a few instructions per byte of an `ip:port` key, no state to seed.
+fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Marks a request that may be resent only if it was never sent (a failure classified
@@ -217,4 +228,23 @@ pub fn build(
             route: Some(route.name.as_str().into()),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TriedEndpoints;
+
+    #[test]
+    fn tried_endpoints_are_found_by_key_and_since_a_start() {
+        let tried = TriedEndpoints::default();
+        assert!(tried.is_empty());
+        tried.push("10.0.0.1:8080");
+        tried.push("10.0.0.2:8080");
+        assert!(tried.contains("10.0.0.1:8080") && tried.contains("10.0.0.2:8080"));
+        assert!(!tried.contains("10.0.0.3:8080"));
+        assert!(!tried.contains("10.0.0.1:808"), "a prefix is another key");
+        assert!(!tried.contains_since(1, "10.0.0.1:8080"), "tried before this call");
+        assert!(tried.contains_since(1, "10.0.0.2:8080"));
+        assert_eq!(tried.len(), 2);
+    }
 }

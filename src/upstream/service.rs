@@ -71,7 +71,7 @@ async fn dispatch(
             .with_cluster(cluster.name())
             .boxed());
         }
-        list.push(endpoint.key.clone());
+        list.push(&endpoint.key);
         let more_endpoints = cluster.shared.endpoints.load().len() > list.len() - start;
         let result = crate::chaos::inject::send(&svc.faults, cluster, svc.route.as_deref(), &endpoint, req).await;
         let outcome = match &result {

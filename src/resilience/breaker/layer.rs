@@ -38,8 +38,7 @@ impl BreakerStep {
             Admit::No { retry_after } => Err(self.breaker.open_error(retry_after)),
             Admit::Yes { record: false, .. } => call().await,
             Admit::Yes { epoch, probe, .. } => {
-                let pending =
-                    Pending { breaker: self.breaker.clone(), epoch, probe, start: Instant::now(), done: false };
+                let pending = Pending { breaker: &self.breaker, epoch, probe, start: Instant::now(), done: false };
                 let result = call().await;
                 pending.finish(outcome_of(&self.classifier, &result));
                 result
@@ -49,15 +48,17 @@ impl BreakerStep {
 }
 
 /// Reports the call's outcome once; if the call is dropped first, gives a probe permit back.
-struct Pending {
-    breaker: Arc<Breaker>,
+/// It borrows the breaker (the route holds it): a clone of the `Arc` would write its count,
+/// on a cache line every proxy worker writes, twice per request.
+struct Pending<'a> {
+    breaker: &'a Breaker,
     epoch: u64,
     probe: bool,
     start: Instant,
     done: bool,
 }
 
-impl Pending {
+impl Pending<'_> {
     fn finish(mut self, outcome: Outcome) {
         self.done = true;
         let cfg = &self.breaker.config;
@@ -81,7 +82,7 @@ impl Pending {
     }
 }
 
-impl Drop for Pending {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.breaker.cancelled(self.epoch, self.probe);
