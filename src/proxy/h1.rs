@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -472,7 +472,7 @@ impl Conn {
         // 48.4k -> 53.9k requests/s in medians, moved with the host). At a moderate rate a
         // round holds one answer, and the cost is that one extra poll.
         tokio::task::yield_now().await;
-        let (mut parts, mut body) = resp.into_parts();
+        let (parts, mut body) = resp.into_parts();
         let closes_itself = parts.headers.get_all(CONNECTION).iter().any(|v| http1::has_token(v.as_bytes(), "close"));
         let mut keep = keep && !closes_itself;
         let mode = framing_of(&parts, &body, head_only);
@@ -488,8 +488,6 @@ impl Conn {
         }
         let passed = parts.extensions.get::<Passthrough>();
         encode_head(&mut self.out, &parts, passed, version, mode, keep);
-        // The extensions' table goes to the upstream client's next answer.
-        super::spare::give_back_extensions(std::mem::take(&mut parts.extensions));
         drop(parts);
         if mode == Out::Nothing {
             drop(body);
@@ -660,10 +658,8 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Parsed {
         return bad("invalid request target".into());
     };
     // Room for what the proxy adds (X-Forwarded-For and -Proto, the request id, the remaining
-    // timeout): an exact-size map reallocates on the first insert. The box and its map are
-    // this thread's spares when it has some (given back once the request went upstream).
-    let mut req = super::spare::request(fields.len() + 4);
-    let map = req.headers_mut();
+    // timeout): an exact-size map reallocates on the first insert.
+    let mut map = HeaderMap::with_capacity(fields.len() + 4);
     let (mut te, mut cl, mut keep, mut close, mut expect, mut named) =
         (None::<Bytes>, false, false, false, false, false);
     for &(n, nl, v, vl) in &fields {
@@ -698,7 +694,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Parsed {
         map.append(name, value);
     }
     if named {
-        http1::remove_named(map, fields.iter().map(|&(n, nl, v, vl)| (&head[n..n + nl], &head[v..v + vl])));
+        http1::remove_named(&mut map, fields.iter().map(|&(n, nl, v, vl)| (&head[n..n + nl], &head[v..v + vl])));
     }
     let framing = match (te, cl) {
         (Some(_), true) => return bad("both Transfer-Encoding and Content-Length".into()),
@@ -711,9 +707,11 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Parsed {
         },
         (None, false) => Framing::Done,
     };
+    let mut req = Box::new(Request::new(body::empty()));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
+    *req.headers_mut() = map;
     let keep_alive = if version == Version::HTTP_11 { !close } else { keep && !close };
     Parsed::Head(Head { req, framing, keep_alive, expect_continue: expect && version == Version::HTTP_11 })
 }

@@ -12,7 +12,6 @@ pub mod release;
 pub mod respond;
 pub mod route;
 pub mod server;
-pub mod spare;
 pub mod stack;
 pub mod workers;
 

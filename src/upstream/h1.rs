@@ -253,11 +253,7 @@ pub async fn exchange<R: Release>(
         }
     }
     let back = if resend { unsent.take().map(|u| u.req) } else { None };
-    // Written: the request's box and map go back to this thread's spares.
-    if let Some(u) = unsent {
-        crate::proxy::spare::give_back(u.req);
-    }
-    drop(body);
+    drop((unsent, body));
     read_response(conn, head_only, map_fields, home, back).await
 }
 
@@ -381,13 +377,7 @@ async fn read_response<R: Release>(
             answered = true;
             match parse_head(&mut conn.buf)? {
                 Some(head) if head.status.is_informational() => continue,
-                Some(head) => {
-                    // Answered: the request kept for a resend is not needed any more.
-                    if let Some(req) = back {
-                        crate::proxy::spare::give_back(req);
-                    }
-                    return attach_body(conn, head, head_only, map_fields, home);
-                }
+                Some(head) => return attach_body(conn, head, head_only, map_fields, home),
                 None => {}
             }
         }
@@ -510,7 +500,6 @@ fn attach_body<R: Release>(
     if map_fields {
         *resp.headers_mut() = head.fields.to_map();
     } else {
-        *resp.extensions_mut() = crate::proxy::spare::extensions();
         resp.extensions_mut().insert(head.fields);
     }
     Ok(resp)
