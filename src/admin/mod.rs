@@ -78,7 +78,7 @@ fn ready(state: &AppState) -> Response<ProxyBody> {
 
 fn metrics_text() -> Response<ProxyBody> {
     crate::proxy::publish_in_flight();
-    let text = telemetry::prometheus().render();
+    let text = telemetry::render();
     let mut resp = Response::new(full(text));
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp

@@ -33,6 +33,42 @@ pub fn current() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
+/// Stripes of a [`PerWorker`]: proxy worker `w` writes stripe `(w + 1) % STRIPES`, every other
+/// thread stripe 0. More workers than stripes share some (still correct, only slower).
+pub const STRIPES: usize = 8;
+
+/// One `T` per proxy worker, each on cache lines of its own, for what every request writes and
+/// something else reads now and then (counters summed on read). A value both workers write
+/// moves its cache line from one core to the other on every request; a stripe stays in its
+/// worker's cache.
+#[derive(Debug)]
+pub struct PerWorker<T> {
+    stripes: [Padded<T>; STRIPES],
+}
+
+/// 128 bytes: a cache line and the one the adjacent-line prefetcher pairs it with.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T: Default> Default for PerWorker<T> {
+    fn default() -> Self {
+        PerWorker { stripes: std::array::from_fn(|_| Padded::default()) }
+    }
+}
+
+impl<T> PerWorker<T> {
+    /// This thread's stripe.
+    pub fn here(&self) -> &T {
+        &self.stripes[current().map_or(0, |w| (w + 1) % STRIPES)].0
+    }
+
+    /// Every stripe (to sum them).
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.stripes.iter().map(|p| &p.0)
+    }
+}
+
 /// The largest worker count any [`Workers::start`] asked for in this process: per-worker
 /// structures built afterwards (upstream connection pools) get one slot per worker.
 static MOST_STARTED: AtomicUsize = AtomicUsize::new(0);

@@ -6,6 +6,7 @@
 
 pub mod names;
 pub mod redact;
+pub mod striped;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -44,9 +45,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
+        // The exporter stamps every histogram sample with quanta's clock, which calibrates
+        // itself on first use (some milliseconds): here, not in the first request's path.
+        let _ = quanta::Instant::now();
         let handle = recorder.handle();
         // Another recorder may already be installed (a test harness); we still render ours.
-        let _ = metrics::set_global_recorder(recorder);
+        let _ = metrics::set_global_recorder(striped::Striped::new(recorder));
         for (name, help) in names::ALL {
             metrics::describe_counter!(*name, *help);
         }
@@ -54,11 +58,18 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// The metrics as Prometheus text, with what the workers counted since the last read.
+pub fn render() -> String {
+    striped::flush();
+    prometheus().render()
+}
+
 /// Periodic upkeep the exporter needs (histogram buckets draining). Runs until dropped.
 pub async fn upkeep() {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
+        striped::flush();
         prometheus().run_upkeep();
     }
 }
