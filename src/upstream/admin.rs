@@ -57,9 +57,9 @@ pub fn snapshot(cluster: &Cluster) -> serde_json::Value {
                 })),
                 "ejection_multiplier": h.ejection_multiplier,
                 "ejections_total": h.ejections_total,
-                "in_flight": s.stats.in_flight.load(Ordering::Relaxed),
-                "requests": s.stats.requests.load(Ordering::Relaxed),
-                "failures": s.stats.failures.load(Ordering::Relaxed),
+                "in_flight": s.stats.in_flight(),
+                "requests": s.stats.requests(),
+                "failures": s.stats.failures(),
                 "consecutive_failures": s.consecutive_5xx.load(Ordering::Relaxed),
                 "recent_success_rate": s.window.success_rate(),
             })

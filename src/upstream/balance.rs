@@ -108,7 +108,7 @@ impl Level {
         }
         // Outstanding requests per weight; on a tie the first (weighted) draw wins, so with no
         // load the split follows the weights.
-        let load = |i: usize| self.endpoints[i].state.stats.in_flight.load(Ordering::Relaxed);
+        let load = |i: usize| self.endpoints[i].state.stats.in_flight();
         // load_a / w_a <= load_b / w_b without division.
         if u128::from(load(a)) * u128::from(self.weights[b]) <= u128::from(load(b)) * u128::from(self.weights[a]) {
             a

@@ -8,7 +8,7 @@
 //! ejected endpoint stays ejected when an unrelated key of its cluster changes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,14 +21,66 @@ use super::window::Window;
 use crate::classify::{FailureKind, Outcome};
 use crate::config::EndpointConfig;
 use crate::error::ErrorKind;
+use crate::proxy::workers::PerWorker;
 use crate::telemetry::names;
 
-/// Live counters of one endpoint, read by `GET /clusters`.
+/// Live counters of one endpoint, one set per proxy worker (summed on read): every request
+/// writes them, and shared by both workers they moved their cache line between the cores on
+/// every request. Read by `GET /clusters`, the balancer (`in_flight`) and outlier decay
+/// (`successes`).
 #[derive(Debug, Default)]
-pub struct EndpointStats {
-    pub in_flight: AtomicU64,
-    pub requests: AtomicU64,
-    pub failures: AtomicU64,
+pub struct EndpointStats(PerWorker<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// Signed: a request counted out on another stripe than it was counted in (off the
+    /// workers, where tasks move between threads) leaves its stripes at +1 and -1.
+    in_flight: AtomicI64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    successes: AtomicU64,
+}
+
+impl EndpointStats {
+    fn sum(&self, field: impl Fn(&Counts) -> u64) -> u64 {
+        self.0.iter().fold(0u64, |s, c| s.wrapping_add(field(c)))
+    }
+
+    /// Requests being sent to or answered by this endpoint.
+    pub fn in_flight(&self) -> u64 {
+        let n: i64 = self.0.iter().map(|c| c.in_flight.load(Ordering::Relaxed)).sum();
+        u64::try_from(n).unwrap_or(0)
+    }
+
+    /// Attempts that ended with an outcome that says something about the endpoint.
+    pub fn requests(&self) -> u64 {
+        self.sum(|c| c.requests.load(Ordering::Relaxed))
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.sum(|c| c.failures.load(Ordering::Relaxed))
+    }
+
+    pub fn successes(&self) -> u64 {
+        self.sum(|c| c.successes.load(Ordering::Relaxed))
+    }
+
+    /// Counts a request in flight until the guard drops: also when its future is dropped
+    /// unfinished (an attempt's timeout), which a decrement after the `await` missed, leaving
+    /// the endpoint looking busier to the balancer for good.
+    pub fn enter(&self) -> InFlight<'_> {
+        self.0.here().in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+}
+
+/// A request counted in [`EndpointStats::in_flight`].
+pub struct InFlight<'a>(&'a EndpointStats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0 .0.here().in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What active checks say about an endpoint.
@@ -132,7 +184,6 @@ pub struct EndpointState {
     pub stats: EndpointStats,
     pub consecutive_5xx: AtomicU32,
     pub consecutive_gateway: AtomicU32,
-    pub successes: AtomicU64,
     pub window: Window,
     /// Set on the path when a consecutive threshold is crossed; cleared by the controller.
     pub suspect: AtomicBool,
@@ -145,7 +196,6 @@ impl EndpointState {
             stats: EndpointStats::default(),
             consecutive_5xx: AtomicU32::new(0),
             consecutive_gateway: AtomicU32::new(0),
-            successes: AtomicU64::new(0),
             window: Window::new(window),
             suspect: AtomicBool::new(false),
             health: Mutex::new(Health::new(start_healthy)),
@@ -226,7 +276,8 @@ impl Endpoint {
     /// Records how an attempt on this endpoint ended (request path: atomics only).
     pub fn record(&self, outcome: Outcome) {
         let s = &self.state;
-        s.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let counts = s.stats.0.here();
+        counts.requests.fetch_add(1, Ordering::Relaxed);
         let (fail, gateway) = match outcome {
             Outcome::Success => (false, false),
             Outcome::Failure(FailureKind::Status(code)) => (true, matches!(code, 502..=504)),
@@ -249,12 +300,18 @@ impl Endpoint {
             Outcome::Client(_) => {}
         }
         if !fail {
-            s.successes.fetch_add(1, Ordering::Relaxed);
-            s.consecutive_5xx.store(0, Ordering::Relaxed);
-            s.consecutive_gateway.store(0, Ordering::Relaxed);
+            counts.successes.fetch_add(1, Ordering::Relaxed);
+            // Read before written: a store of the zero already there would still take the
+            // line from the other core.
+            if s.consecutive_5xx.load(Ordering::Relaxed) != 0 {
+                s.consecutive_5xx.store(0, Ordering::Relaxed);
+            }
+            if s.consecutive_gateway.load(Ordering::Relaxed) != 0 {
+                s.consecutive_gateway.store(0, Ordering::Relaxed);
+            }
             return;
         }
-        s.stats.failures.fetch_add(1, Ordering::Relaxed);
+        counts.failures.fetch_add(1, Ordering::Relaxed);
         let c5 = s.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
         let cg = if gateway {
             s.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1

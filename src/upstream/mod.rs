@@ -198,10 +198,9 @@ impl Cluster {
         }
         // The version is left as the caller's: the client writes HTTP/1.1 whatever it says, and
         // reads it to know who will write the answer (h1::exchange).
-        let stats = &endpoint.state.stats;
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = endpoint.state.stats.enter();
         let result = endpoint.pool.send(req).await;
-        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(in_flight);
         let fail = |kind, what: &str, cause: String| {
             LifelineError::new(kind, format!("{what} {} of cluster {}: {cause}", endpoint.key, self.config.name))
                 .with_cluster(&self.config.name)

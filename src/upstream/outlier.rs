@@ -42,7 +42,7 @@ pub fn evaluate(shared: &Shared, endpoints: &[Arc<Endpoint>], now: Instant) {
                     h.ejection = None;
                     h.ramp_from = Some(now);
                     h.decay_due = Some(now + cfg.base_ejection);
-                    h.decay_mark = e.state.successes.load(Ordering::Relaxed);
+                    h.decay_mark = e.state.stats.successes();
                     Some(reason)
                 }
                 _ => None,
@@ -183,7 +183,7 @@ fn decay(h: &mut Health, e: &Endpoint, cfg: &OutlierConfig, now: Instant) {
     if now < due {
         return;
     }
-    let successes = e.state.successes.load(Ordering::Relaxed);
+    let successes = e.state.stats.successes();
     if successes > h.decay_mark {
         h.ejection_multiplier -= 1;
     }

@@ -209,3 +209,28 @@ fn pool_config() -> super::pool::PoolConfig {
         max_idle: 8,
     }
 }
+
+#[tokio::test]
+async fn an_attempt_dropped_unfinished_leaves_nothing_in_flight() {
+    // A backend that takes the connection and never answers; the caller gives up.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let yaml =
+        format!("clusters:\n  pay:\n    endpoints:\n      - {{ address: {addr} }}\nroutes:\n  - {{ cluster: pay }}\n");
+    let config = Config::from_yaml("t.yaml", &yaml).unwrap();
+    let cluster = Cluster::build(&config.clusters["pay"], None, resolve::system());
+    let e = cluster.endpoints()[0].clone();
+    for _ in 0..3 {
+        let req = Box::new(http::Request::get("/slow").body(crate::proxy::body::empty()).unwrap());
+        let send = cluster.send(&e, req);
+        assert!(tokio::time::timeout(Duration::from_millis(50), send).await.is_err(), "never answered");
+    }
+    assert_eq!(e.state.stats.in_flight(), 0, "each dropped attempt left in-flight");
+    held.abort();
+}

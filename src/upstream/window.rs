@@ -1,13 +1,15 @@
 //! A sliding window of request outcomes: a ring of time buckets of atomic counters.
 //!
-//! Recording is lock-free (the request path calls it); reading sums the buckets still inside the
-//! window. Like Linkerd's unified breaker, the ratio is exact per bucket, independent of request
+//! Recording is lock-free (the request path calls it) and writes only its proxy worker's own
+//! ring ([`PerWorker`]); reading sums the buckets still inside the window, of every ring. Like Linkerd's unified breaker, the ratio is exact per bucket, independent of request
 //! rate, and expires by itself when traffic stops.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::proxy::workers::PerWorker;
 
 const BUCKETS: usize = 10;
 
@@ -23,13 +25,13 @@ struct Bucket {
 pub struct Window {
     origin: Instant,
     bucket_ms: u64,
-    buckets: [Bucket; BUCKETS],
+    rings: PerWorker<[Bucket; BUCKETS]>,
 }
 
 impl Window {
     pub fn new(window: Duration) -> Window {
         let bucket_ms = (window.as_millis() as u64 / BUCKETS as u64).max(1);
-        Window { origin: Instant::now(), bucket_ms, buckets: Default::default() }
+        Window { origin: Instant::now(), bucket_ms, rings: PerWorker::default() }
     }
 
     fn epoch(&self) -> u64 {
@@ -39,7 +41,7 @@ impl Window {
 
     pub fn record(&self, ok: bool) {
         let e = self.epoch();
-        let b = &self.buckets[(e % BUCKETS as u64) as usize];
+        let b = &self.rings.here()[(e % BUCKETS as u64) as usize];
         if b.epoch.load(Ordering::Relaxed) != e && b.epoch.swap(e, Ordering::Relaxed) != e {
             b.ok.store(0, Ordering::Relaxed);
             b.fail.store(0, Ordering::Relaxed);
@@ -50,7 +52,7 @@ impl Window {
 
     /// Forgets everything (an endpoint back from ejection starts with a clean record).
     pub fn reset(&self) {
-        for b in &self.buckets {
+        for b in self.rings.iter().flatten() {
             b.epoch.store(0, Ordering::Relaxed);
             b.ok.store(0, Ordering::Relaxed);
             b.fail.store(0, Ordering::Relaxed);
@@ -60,8 +62,9 @@ impl Window {
     /// (successes, failures) over the window.
     pub fn totals(&self) -> (u64, u64) {
         let e = self.epoch();
-        self.buckets
+        self.rings
             .iter()
+            .flatten()
             .filter(|b| {
                 let be = b.epoch.load(Ordering::Relaxed);
                 be != 0 && be + (BUCKETS as u64) > e && be <= e
