@@ -167,6 +167,42 @@ impl Core {
         }
     }
 
+    /// Records `n` calls that succeeded in time, all at `now`: the transition `n` calls of
+    /// [`Core::record`] would make (up to the first: the rest were admitted in the epoch it
+    /// ended), at the cost of three. While closed, a success ends any run of failures and lowers
+    /// every rate, so among calls at the same instant only two can trip the breaker: the first
+    /// (the window may have moved since the last call, leaving a higher rate) and the one that
+    /// brings the window to `min_calls`. The checks are made there, and at the end.
+    pub fn record_successes(&mut self, n: u64, now: Instant) -> Option<Transition> {
+        if self.state != State::Closed {
+            // Half-open: each is a probe's answer (or, in dry-run, one past the probes).
+            for _ in 0..n {
+                if let Some(t) = self.record(false, false, now) {
+                    return Some(t);
+                }
+            }
+            return None;
+        }
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if n == 0 {
+            return None;
+        }
+        self.consecutive = 0;
+        let short = self.cfg.min_calls.saturating_sub(self.window.figures(now).calls);
+        let mut done = 0;
+        for upto in [1, short.clamp(1, n), n] {
+            if upto <= done {
+                continue;
+            }
+            self.window.record_successes(upto - done, now);
+            done = upto;
+            if let Some(reason) = self.trip_reason(now) {
+                return Some(self.trip(reason, now));
+            }
+        }
+        None
+    }
+
     /// Back to closed with an empty window (an operator restored normal operation).
     pub fn reset(&mut self, now: Instant) -> Option<Transition> {
         self.trips = 0;
@@ -282,6 +318,63 @@ mod tests {
         let ms: Vec<u128> = got.iter().map(|d| d.as_millis()).collect();
         // 1s cut by 49.99%, 2s, 4s cut by 25%, 5s (cap), 5s.
         assert_eq!(ms, vec![500, 2000, 3000, 5000, 5000]);
+    }
+
+    proptest::proptest! {
+        /// Runs of successes recorded at once leave the breaker as recording them one by one does
+        /// (up to the first transition: the rest were admitted in the epoch it ended).
+        #[test]
+        fn successes_at_once_match_one_by_one(
+            count in proptest::option::of(1u32..30),
+            min_calls in 1u32..30,
+            rate in 1u32..=100,
+            slow_rate in 1u32..=100,
+            consecutive in proptest::option::of(1u32..6),
+            runs in proptest::collection::vec((0u64..40, proptest::bool::ANY, proptest::bool::ANY, 0u64..700), 1..40),
+        ) {
+            let window = match count {
+                Some(n) => crate::resilience::breaker::config::Window::Count(n),
+                None => crate::resilience::breaker::config::Window::Time(Duration::from_secs(2)),
+            };
+            let min_calls = match window {
+                crate::resilience::breaker::config::Window::Count(n) => min_calls.min(n),
+                _ => min_calls,
+            };
+            let cfg = BreakerConfig {
+                window,
+                min_calls,
+                failure_rate: Some(Percent::from_percent(rate)),
+                slow_call: Some(Duration::from_secs(1)),
+                slow_call_rate: Percent::from_percent(slow_rate),
+                consecutive_failures: consecutive,
+                open_jitter: Percent(0),
+                ..BreakerConfig::default()
+            };
+            let t0 = Instant::now();
+            let mut one = Core::new(cfg.clone(), t0, Box::new(|| 0));
+            let mut bulk = Core::new(cfg, t0, Box::new(|| 0));
+            let mut now = t0;
+            for (successes, failed, slow, advance_ms) in runs {
+                now += Duration::from_millis(advance_ms);
+                let a = one.tick(now).map(|t| t.to);
+                let b = bulk.tick(now).map(|t| t.to);
+                proptest::prop_assert_eq!(a, b);
+                let mut a = None;
+                for _ in 0..successes {
+                    a = one.record(false, false, now).map(|t| (t.to, t.reason.name()));
+                    if a.is_some() {
+                        break;
+                    }
+                }
+                let b = bulk.record_successes(successes, now).map(|t| (t.to, t.reason.name()));
+                proptest::prop_assert_eq!(a, b, "after {} successes", successes);
+                proptest::prop_assert_eq!(one.evidence(now), bulk.evidence(now));
+                let a = one.record(failed, slow, now).map(|t| t.to);
+                let b = bulk.record(failed, slow, now).map(|t| t.to);
+                proptest::prop_assert_eq!(a, b);
+                proptest::prop_assert_eq!(one.state(), bulk.state());
+            }
+        }
     }
 
     #[test]

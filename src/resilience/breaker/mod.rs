@@ -1,8 +1,9 @@
 //! Circuit breaker: closed → open → half-open, per cluster (or per route when configured).
 //!
 //! The shape is Linkerd's: the request path only reads a [`gate::Gate`] (one atomic load, plus
-//! one atomic decrement for a half-open probe) and sends each finished call's classified outcome
-//! to a per-breaker policy task ([`task`]) over a channel. The task owns the state machine
+//! one atomic decrement for a half-open probe) and hands each finished call's classified outcome
+//! to a per-breaker policy task ([`task`]): a plain success as a count in its worker's own
+//! [`Successes`] stripe, anything else over a channel, with the successes before it. The task owns the state machine
 //! ([`core::Core`]), publishes every change into the gate, and keeps the decision log that
 //! `GET /breakers/events` serves. The semantics are Resilience4j's (count or time windows,
 //! `min_calls`, slow-call rate, N half-open probes, disabled / forced-open / metrics-only) with
@@ -19,7 +20,7 @@ pub mod window;
 mod tests;
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use self::config::BreakerConfig;
 use self::core::Evidence;
 use self::gate::{Admit, Gate, Mode};
 use crate::error::{BoxError, ErrorKind, LifelineError};
+use crate::proxy::workers::PerWorker;
 use crate::telemetry::names;
 
 /// Transitions kept per breaker for `GET /breakers/events`.
@@ -67,8 +69,20 @@ struct Status {
 }
 
 enum Msg {
-    Outcome { epoch: u64, failed: bool, slow: bool, at: tokio::time::Instant },
-    SetMode { mode: Mode, note: String, ack: oneshot::Sender<()> },
+    /// `successes_before`: plain successes of the same epoch this thread counted before this
+    /// outcome and the policy task had not taken yet (they go first, in order).
+    Outcome {
+        epoch: u64,
+        failed: bool,
+        slow: bool,
+        at: tokio::time::Instant,
+        successes_before: u64,
+    },
+    SetMode {
+        mode: Mode,
+        note: String,
+        ack: oneshot::Sender<()>,
+    },
     Snapshot(oneshot::Sender<Evidence>),
     Sync(oneshot::Sender<()>),
 }
@@ -80,9 +94,11 @@ pub struct Breaker {
     pub config: BreakerConfig,
     gate: Arc<Gate>,
     tx: std::sync::mpsc::Sender<Msg>,
+    /// Plain successes not yet taken by the policy task.
+    successes: Arc<Successes>,
     /// Wakes the policy task. Plain successes do not ring it (they cannot change the state); the
-    /// task picks them up in order with the next failure, probe or its periodic drain, so a busy
-    /// breaker costs the path a queue push, not a task wake-up per request.
+    /// task takes them with the next failure, probe or its periodic drain, so a busy breaker
+    /// costs the path an add to its worker's own counter, not a task wake-up per request.
     wake: Arc<Notify>,
     status: Arc<Mutex<Status>>,
     task: tokio::task::JoinHandle<()>,
@@ -98,6 +114,67 @@ impl std::fmt::Debug for Breaker {
 impl Drop for Breaker {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Plain successes the policy task has not taken yet, one counter per proxy worker.
+///
+/// Until session 20 every success was a message on the channel: both workers pushed onto its
+/// one tail, and every 31st push allocated a block the policy task freed on another thread.
+/// Each counter packs the breaker epoch its calls were admitted in (low 32 bits of it, above)
+/// with their count (below): successes of an epoch the breaker has left are not counted (the
+/// task would drop them), and one of an older epoch never replaces a newer count.
+#[derive(Debug, Default)]
+pub(crate) struct Successes(PerWorker<AtomicU64>);
+
+const COUNT: u64 = u32::MAX as u64;
+
+fn packed_epoch(epoch: u64) -> u64 {
+    epoch & COUNT
+}
+
+impl Successes {
+    /// One more success of a call admitted in `epoch`.
+    fn count(&self, epoch: u64) {
+        let e = packed_epoch(epoch);
+        let slot = self.0.here();
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            let (held, n) = (cur >> 32, cur & COUNT);
+            let next = if held == e {
+                if n == COUNT {
+                    return; // four billion successes between two drains: the window is full anyway
+                }
+                cur + 1
+            } else if (e.wrapping_sub(held) & COUNT) < (1 << 31) {
+                // A newer epoch: what the stripe held, the task no longer counts.
+                (e << 32) | 1
+            } else {
+                return; // an older epoch's call: the task no longer counts it
+            };
+            match slot.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Takes this thread's stripe: how many successes of `epoch` it held.
+    fn take_here(&self, epoch: u64) -> u64 {
+        split(self.0.here().swap(0, Ordering::Relaxed), epoch)
+    }
+
+    /// Takes every stripe (the policy task): how many successes of `epoch` they held.
+    pub(crate) fn take_all(&self, epoch: u64) -> u64 {
+        self.0.iter().map(|s| split(s.swap(0, Ordering::Relaxed), epoch)).sum()
+    }
+}
+
+fn split(v: u64, epoch: u64) -> u64 {
+    if v >> 32 == packed_epoch(epoch) {
+        v & COUNT
+    } else {
+        0
     }
 }
 
@@ -122,10 +199,25 @@ impl Breaker {
             Box::new(|| rand::random_range(0..10_000)),
         );
         let span = tracing::info_span!("breaker_policy", breaker = name);
-        let task = tokio::spawn(tracing::Instrument::instrument(task::run(core, ctx, rx, wake.clone()), span));
+        let successes = Arc::new(Successes::default());
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            task::run(core, ctx, rx, successes.clone(), wake.clone()),
+            span,
+        ));
         let rejected =
             metrics::counter!(names::REJECTED_TOTAL, "cluster" => cluster.to_string(), "reason" => "circuit_open");
-        Arc::new(Breaker { name: name.into(), cluster: cluster.into(), config, gate, tx, wake, status, task, rejected })
+        Arc::new(Breaker {
+            name: name.into(),
+            cluster: cluster.into(),
+            config,
+            gate,
+            tx,
+            successes,
+            wake,
+            status,
+            task,
+            rejected,
+        })
     }
 
     /// The path's question. Counts refusals.
@@ -166,7 +258,12 @@ impl Breaker {
 
     /// [`Breaker::record`] for a call that ended `at` (the caller read the clock already).
     pub fn record_at(&self, epoch: u64, failed: bool, slow: bool, probe: bool, at: tokio::time::Instant) {
-        self.send(Msg::Outcome { epoch, failed, slow, at }, failed || slow || probe);
+        if !(failed || slow || probe) {
+            self.successes.count(epoch);
+            return;
+        }
+        let successes_before = self.successes.take_here(epoch);
+        self.send(Msg::Outcome { epoch, failed, slow, at, successes_before }, true);
     }
 
     /// A call admitted as a probe ended without an outcome (the caller went away).

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::core::{Core, Reason, State, Transition};
 use super::gate::{Gate, Mode};
-use super::{unix_ms, Event, Msg, Status, EVENTS_KEPT, EVENT_SEQ};
+use super::{unix_ms, Event, Msg, Status, Successes, EVENTS_KEPT, EVENT_SEQ};
 use crate::telemetry::names;
 
 pub(super) struct Ctx {
@@ -113,7 +113,7 @@ fn gauge_value(mode: Mode, state: State) -> f64 {
 /// Successes that nobody rang about are drained at least this often (bounds the queue).
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
-pub(super) async fn run(mut core: Core, mut ctx: Ctx, rx: Receiver<Msg>, wake: Arc<Notify>) {
+pub(super) async fn run(mut core: Core, mut ctx: Ctx, rx: Receiver<Msg>, successes: Arc<Successes>, wake: Arc<Notify>) {
     // Outcomes carry the time they happened; processing never goes back in time.
     let mut last = Instant::now();
     loop {
@@ -124,6 +124,15 @@ pub(super) async fn run(mut core: Core, mut ctx: Ctx, rx: Receiver<Msg>, wake: A
             _ = wake.notified() => {}
             _ = tokio::time::sleep_until(wake_at) => {}
         }
+        // The successes counted up to now, before the messages that woke the task: each message
+        // carries those of its own thread that came before it.
+        let now = Instant::now().max(last);
+        last = now;
+        if let Some(t) = core.tick(now) {
+            ctx.apply(&core, t, None);
+        }
+        let taken = successes.take_all(ctx.epoch);
+        record_successes(&mut core, &mut ctx, taken, now);
         loop {
             let msg = match rx.try_recv() {
                 Ok(m) => m,
@@ -147,9 +156,22 @@ pub(super) async fn run(mut core: Core, mut ctx: Ctx, rx: Receiver<Msg>, wake: A
     }
 }
 
+/// Records `n` plain successes of the current epoch.
+fn record_successes(core: &mut Core, ctx: &mut Ctx, n: u64, at: Instant) {
+    if !matches!(ctx.mode, Mode::Normal | Mode::MetricsOnly) {
+        return;
+    }
+    if let Some(t) = core.record_successes(n, at) {
+        ctx.apply(core, t, None);
+    }
+}
+
 fn handle(core: &mut Core, ctx: &mut Ctx, msg: Msg, at: Instant) {
     match msg {
-        Msg::Outcome { epoch, failed, slow, .. } => {
+        Msg::Outcome { epoch, failed, slow, successes_before, .. } => {
+            if epoch == ctx.epoch {
+                record_successes(core, ctx, successes_before, at);
+            }
             let counted = epoch == ctx.epoch && matches!(ctx.mode, Mode::Normal | Mode::MetricsOnly);
             if counted {
                 if let Some(t) = core.record(failed, slow, at) {

@@ -265,3 +265,56 @@ async fn cancelled_probe_returns_its_permit_and_stale_outcomes_are_ignored() {
     b.sync().await;
     assert_eq!(b.gate.load().2, State::Closed);
 }
+
+#[tokio::test]
+async fn successes_counted_on_every_worker_and_thread_reach_the_window() {
+    // 50% failure rate over the last 1 000 calls: 400 successes from 3 workers and a thread,
+    // then 399 failures stay under it and the 400th trips, only if every success was counted.
+    let cfg = BreakerConfig {
+        failure_rate: Some(Percent::from_percent(50)),
+        window: Window::Count(1_000),
+        min_calls: 1,
+        consecutive_failures: None,
+        open_jitter: Percent(0),
+        ..BreakerConfig::default()
+    };
+    let b = Breaker::spawn("s", "s", cfg, Mode::Normal, Vec::new());
+    let Admit::Yes { epoch, .. } = b.admit() else { panic!("closed") };
+    let workers = crate::proxy::workers::Workers::start(3).expect("workers");
+    let on_workers = workers.spawn_each(|_| {
+        let b = b.clone();
+        async move { (0..100).for_each(|_| b.record(epoch, false, false, false)) }
+    });
+    for h in on_workers {
+        h.await.expect("worker");
+    }
+    let other = b.clone();
+    std::thread::spawn(move || (0..100).for_each(|_| other.record(epoch, false, false, false))).join().expect("thread");
+    for _ in 0..399 {
+        b.record(epoch, true, false, false);
+    }
+    b.sync().await;
+    assert_eq!(b.gate.load().2, State::Closed, "399 of 799 failed");
+    b.record(epoch, true, false, false);
+    b.sync().await;
+    assert_eq!(b.gate.load().2, State::Open, "400 of 800 failed");
+}
+
+#[test]
+fn a_success_of_an_older_epoch_never_replaces_newer_ones() {
+    let s = super::Successes::default();
+    (0..3).for_each(|_| s.count(5));
+    s.count(4);
+    assert_eq!(s.take_all(5), 3);
+    assert_eq!(s.take_all(5), 0, "taken");
+    s.count(5);
+    s.count(6);
+    assert_eq!(s.take_all(5), 0, "the epoch moved on: what epoch 5 held is not counted");
+    s.count(7);
+    s.count(7);
+    assert_eq!(s.take_all(7), 2);
+    // The packed epoch wraps at 2^32: the one after it is still newer.
+    s.count(u64::from(u32::MAX));
+    s.count(u64::from(u32::MAX) + 1);
+    assert_eq!(s.take_all(u64::from(u32::MAX) + 1), 1);
+}

@@ -89,6 +89,44 @@ impl Sliding {
         }
     }
 
+    /// Adds `n` calls that succeeded in time, all at `now`: what `n` calls of
+    /// [`Sliding::record`] would leave, in O(min(n, size)) or O(1).
+    pub fn record_successes(&mut self, n: u32, now: Instant) {
+        if n == 0 {
+            return;
+        }
+        match self {
+            Sliding::Count { size, calls, totals } => {
+                if n as usize >= *size {
+                    // Every call in the window is one of these.
+                    calls.clear();
+                    calls.resize(*size, (false, false));
+                    *totals = Figures { calls: *size as u32, failures: 0, slow: 0 };
+                    return;
+                }
+                for _ in 0..n {
+                    if calls.len() == *size {
+                        if let Some((f, s)) = calls.pop_front() {
+                            totals.calls -= 1;
+                            totals.failures -= u32::from(f);
+                            totals.slow -= u32::from(s);
+                        }
+                    }
+                    calls.push_back((false, false));
+                    totals.calls += 1;
+                }
+            }
+            Sliding::Time { width, origin, buckets } => {
+                let index = Self::bucket_index(*origin, *width, now);
+                let slot = &mut buckets[(index % u64::from(TIME_BUCKETS)) as usize];
+                if slot.index != index {
+                    *slot = Bucket { index, figures: Figures::default() };
+                }
+                slot.figures.calls += n;
+            }
+        }
+    }
+
     /// Totals over the window as of `now`.
     pub fn figures(&self, now: Instant) -> Figures {
         match self {
