@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::Response;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use super::Problems;
 use crate::config::Dur;
@@ -65,17 +65,69 @@ impl RawLimit {
 pub struct Limiter {
     pub config: LimitConfig,
     cluster: String,
-    permits: Arc<Semaphore>,
+    slots: Arc<Slots>,
     pending: AtomicU32,
     rejected_full: metrics::Counter,
     rejected_wait: metrics::Counter,
+}
+
+/// The slots: a count taken with one compare-and-swap and given back with one subtraction.
+///
+/// Until session 20 a tokio `Semaphore`: its permit cloned the semaphore's `Arc` and giving a
+/// permit back always locked the semaphore's waiter list, even with nobody waiting, on every
+/// request. Here only a request that finds the slots full goes near the waiters: it waits for
+/// [`Slots::freed`], and a slot given back rings it only while someone is waiting. While anyone
+/// waits, newcomers queue behind them rather than take a freed slot first (the queue is served
+/// in order, as the semaphore's was).
+#[derive(Debug)]
+struct Slots {
+    taken: AtomicU32,
+    max: u32,
+    waiting: AtomicU32,
+    freed: Notify,
+}
+
+impl Slots {
+    fn try_take(&self) -> bool {
+        self.taken.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max).then_some(n + 1)).is_ok()
+    }
+}
+
+/// A slot, given back when dropped.
+#[derive(Debug)]
+pub struct Permit(Arc<Slots>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::SeqCst);
+        // A waiter counts itself before it looks at the slots: either it sees this one free,
+        // or this sees it waiting.
+        if self.0.waiting.load(Ordering::SeqCst) > 0 {
+            self.0.freed.notify_one();
+        }
+    }
+}
+
+/// A request in the queue: counted in `pending` and `waiting` until dropped.
+struct Queued<'a>(&'a Limiter);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.slots.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Limiter {
     pub fn new(cluster: &str, config: LimitConfig) -> Arc<Limiter> {
         let reject = |reason: &'static str| metrics::counter!(names::REJECTED_TOTAL, "cluster" => cluster.to_string(), "reason" => reason);
         Arc::new(Limiter {
-            permits: Arc::new(Semaphore::new(config.max_in_flight as usize)),
+            slots: Arc::new(Slots {
+                taken: AtomicU32::new(0),
+                max: config.max_in_flight,
+                waiting: AtomicU32::new(0),
+                freed: Notify::new(),
+            }),
             pending: AtomicU32::new(0),
             rejected_full: reject("overloaded"),
             rejected_wait: reject("queue_timeout"),
@@ -86,7 +138,7 @@ impl Limiter {
 
     /// Requests currently holding a slot.
     pub fn in_flight(&self) -> u32 {
-        self.config.max_in_flight.saturating_sub(self.permits.available_permits() as u32)
+        self.slots.taken.load(Ordering::Relaxed)
     }
 
     fn overloaded(&self, why: &str) -> BoxError {
@@ -100,9 +152,10 @@ impl Limiter {
     }
 
     /// Takes a slot, waiting in the bounded queue when allowed.
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, BoxError> {
-        if let Ok(p) = self.permits.clone().try_acquire_owned() {
-            return Ok(p);
+    pub async fn acquire(&self) -> Result<Permit, BoxError> {
+        let slots = &self.slots;
+        if slots.waiting.load(Ordering::SeqCst) == 0 && slots.try_take() {
+            return Ok(Permit(slots.clone()));
         }
         let queued = self
             .pending
@@ -111,15 +164,27 @@ impl Limiter {
             self.rejected_full.increment(1);
             return Err(self.overloaded(&format!("{} in flight and the queue is full", self.config.max_in_flight)));
         }
-        let waited = tokio::time::timeout(self.config.queue_timeout.0, self.permits.clone().acquire_owned()).await;
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-        match waited {
-            Ok(Ok(p)) => Ok(p),
-            _ => {
-                self.rejected_wait.increment(1);
-                Err(self.overloaded(&format!("no slot freed within {}", self.config.queue_timeout)))
+        // Counted out when this ends, also when the caller goes away while it waits.
+        slots.waiting.fetch_add(1, Ordering::SeqCst);
+        let _queued = Queued(self);
+        let deadline = tokio::time::Instant::now() + self.config.queue_timeout.0;
+        let taken = loop {
+            let freed = slots.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so a slot given back after the look rings it.
+            freed.as_mut().enable();
+            if slots.try_take() {
+                break true;
             }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                break slots.try_take();
+            }
+        };
+        if taken {
+            return Ok(Permit(slots.clone()));
         }
+        self.rejected_wait.increment(1);
+        Err(self.overloaded(&format!("no slot freed within {}", self.config.queue_timeout)))
     }
 
     /// Runs `call` holding a slot (not at all when none is free), and keeps the slot until the
@@ -162,6 +227,53 @@ mod tests {
         assert!(err.to_string().contains("no slot freed"), "{err}");
         drop(held);
         assert!(l.acquire().await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_gone_from_the_queue_leaves_no_trace() {
+        let l = limiter(1, 1);
+        let held = l.acquire().await.unwrap();
+        // Waits in the queue, then its caller goes away.
+        assert!(tokio::time::timeout(Duration::from_millis(10), l.acquire()).await.is_err());
+        drop(held);
+        // The queue is free again, and with nobody waiting a free slot is taken at once.
+        let again = l.acquire().await.unwrap();
+        assert_eq!(l.in_flight(), 1);
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        drop(again);
+        assert!(waiter.await.unwrap().is_ok(), "the queue had room for one");
+    }
+
+    #[tokio::test]
+    async fn slots_are_never_over_taken_and_all_come_back() {
+        // 4 slots, 200 requests from 4 threads with a queue: never more than 4 at once.
+        let l = Limiter::new(
+            "t",
+            LimitConfig { max_in_flight: 4, max_pending: 1_000, queue_timeout: Dur(Duration::from_secs(30)) },
+        );
+        let peak = Arc::new(AtomicU32::new(0));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (l, peak) = (l.clone(), peak.clone());
+                rt.spawn(async move {
+                    let p = l.acquire().await.expect("a slot within 30 s");
+                    peak.fetch_max(l.in_flight(), Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    drop(p);
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        rt.shutdown_background();
+        assert!(peak.load(Ordering::SeqCst) <= 4, "peak {}", peak.load(Ordering::SeqCst));
+        assert_eq!(l.in_flight(), 0);
+        assert_eq!(l.pending.load(Ordering::SeqCst), 0);
+        assert_eq!(l.slots.waiting.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(start_paused = true)]
