@@ -1,8 +1,9 @@
 //! A sliding window of request outcomes: a ring of time buckets of atomic counters.
 //!
 //! Recording is lock-free (the request path calls it) and writes only its proxy worker's own
-//! ring ([`PerWorker`]); reading sums the buckets still inside the window, of every ring. Like Linkerd's unified breaker, the ratio is exact per bucket, independent of request
-//! rate, and expires by itself when traffic stops.
+//! ring ([`PerWorker`]); reading sums the buckets still inside the window, of every ring. Like
+//! Linkerd's unified breaker, the ratio is exact per bucket, independent of request rate, and
+//! expires by itself when traffic stops.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -82,6 +83,24 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn outcomes_recorded_on_every_worker_are_summed() {
+        let w = std::sync::Arc::new(Window::new(Duration::from_secs(60)));
+        let workers = crate::proxy::workers::Workers::start(3).expect("workers");
+        let done = workers.spawn_each(|i| {
+            let w = w.clone();
+            async move { (0..100).for_each(|n| w.record(n % (i + 2) != 0)) }
+        });
+        for d in done {
+            d.await.expect("worker");
+        }
+        w.record(false);
+        // Failures: every 2nd of 100 on worker 0, every 3rd on worker 1, every 4th on worker 2.
+        assert_eq!(w.totals(), (300 - 50 - 34 - 25, 50 + 34 + 25 + 1));
+        w.reset();
+        assert_eq!(w.totals(), (0, 0), "reset clears every worker's ring");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn counts_expire_after_the_window() {

@@ -3,11 +3,12 @@
 //! The shape is Linkerd's: the request path only reads a [`gate::Gate`] (one atomic load, plus
 //! one atomic decrement for a half-open probe) and hands each finished call's classified outcome
 //! to a per-breaker policy task ([`task`]): a plain success as a count in its worker's own
-//! [`Successes`] stripe, anything else over a channel, with the successes before it. The task owns the state machine
-//! ([`core::Core`]), publishes every change into the gate, and keeps the decision log that
-//! `GET /breakers/events` serves. The semantics are Resilience4j's (count or time windows,
-//! `min_calls`, slow-call rate, N half-open probes, disabled / forced-open / metrics-only) with
-//! the trip conditions and evidence recorded for every transition (research §4.1).
+//! [`Successes`] stripe, anything else over a channel, with the successes before it. The task
+//! owns the state machine ([`core::Core`]), publishes every change into the gate, and keeps
+//! the decision log that `GET /breakers/events` serves. The semantics are Resilience4j's (count
+//! or time windows, `min_calls`, slow-call rate, N half-open probes, disabled / forced-open /
+//! metrics-only) with the trip conditions and evidence recorded for every transition
+//! (research §4.1).
 
 pub mod config;
 pub mod core;
@@ -159,9 +160,21 @@ impl Successes {
         }
     }
 
-    /// Takes this thread's stripe: how many successes of `epoch` it held.
+    /// Takes this thread's successes of `epoch` (none when the stripe holds another epoch's:
+    /// a late failure of an older epoch leaves the current one's alone).
     fn take_here(&self, epoch: u64) -> u64 {
-        split(self.0.here().swap(0, Ordering::Relaxed), epoch)
+        let e = packed_epoch(epoch);
+        let slot = self.0.here();
+        let mut cur = slot.load(Ordering::Relaxed);
+        loop {
+            if cur >> 32 != e || cur & COUNT == 0 {
+                return 0;
+            }
+            match slot.compare_exchange_weak(cur, e << 32, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return cur & COUNT,
+                Err(actual) => cur = actual,
+            }
+        }
     }
 
     /// Takes every stripe (the policy task): how many successes of `epoch` they held.
