@@ -36,6 +36,21 @@ pub struct Bucket {
     figures: Figures,
 }
 
+/// Adds a call to a count window of `size`, the oldest leaving when it is full.
+fn push_call(size: usize, calls: &mut VecDeque<(bool, bool)>, totals: &mut Figures, failed: bool, slow: bool) {
+    if calls.len() == size {
+        if let Some((f, s)) = calls.pop_front() {
+            totals.calls -= 1;
+            totals.failures -= u32::from(f);
+            totals.slow -= u32::from(s);
+        }
+    }
+    calls.push_back((failed, slow));
+    totals.calls += 1;
+    totals.failures += u32::from(failed);
+    totals.slow += u32::from(slow);
+}
+
 /// A sliding window of call outcomes.
 #[derive(Debug)]
 pub enum Sliding {
@@ -63,19 +78,7 @@ impl Sliding {
     /// Adds one call.
     pub fn record(&mut self, failed: bool, slow: bool, now: Instant) {
         match self {
-            Sliding::Count { size, calls, totals } => {
-                if calls.len() == *size {
-                    if let Some((f, s)) = calls.pop_front() {
-                        totals.calls -= 1;
-                        totals.failures -= u32::from(f);
-                        totals.slow -= u32::from(s);
-                    }
-                }
-                calls.push_back((failed, slow));
-                totals.calls += 1;
-                totals.failures += u32::from(failed);
-                totals.slow += u32::from(slow);
-            }
+            Sliding::Count { size, calls, totals } => push_call(*size, calls, totals, failed, slow),
             Sliding::Time { width, origin, buckets } => {
                 let index = Self::bucket_index(*origin, *width, now);
                 let slot = &mut buckets[(index % u64::from(TIME_BUCKETS)) as usize];
@@ -105,15 +108,7 @@ impl Sliding {
                     return;
                 }
                 for _ in 0..n {
-                    if calls.len() == *size {
-                        if let Some((f, s)) = calls.pop_front() {
-                            totals.calls -= 1;
-                            totals.failures -= u32::from(f);
-                            totals.slow -= u32::from(s);
-                        }
-                    }
-                    calls.push_back((false, false));
-                    totals.calls += 1;
+                    push_call(*size, calls, totals, false, false);
                 }
             }
             Sliding::Time { width, origin, buckets } => {
