@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use metrics::{
     Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
@@ -24,11 +24,13 @@ use crate::proxy::workers::PerWorker;
 /// Samples a worker holds per histogram before it hands them to the exporter itself.
 const BATCH: usize = 256;
 
+type Map<T> = RwLock<HashMap<Key, Arc<T>>>;
+
 /// The series this process registered, to flush before the exporter renders them.
 #[derive(Default)]
 struct Series {
-    counters: Mutex<HashMap<Key, Arc<StripedCounter>>>,
-    histograms: Mutex<HashMap<Key, Arc<StripedHistogram>>>,
+    counters: Map<StripedCounter>,
+    histograms: Map<StripedHistogram>,
 }
 
 /// The series of every [`Striped`] recorder made in this process (one; tests make more).
@@ -62,12 +64,12 @@ impl Series {
     fn flush(&self) {
         let series = self;
         let counters: Vec<_> =
-            series.counters.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+            series.counters.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         for c in counters {
             c.flush();
         }
         let histograms: Vec<_> =
-            series.histograms.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+            series.histograms.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         for h in histograms {
             h.flush();
         }
@@ -88,15 +90,11 @@ impl<R: Recorder> Recorder for Striped<R> {
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        let mut map = self.series.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        let c = map.entry(key.clone()).or_insert_with(|| {
-            Arc::new(StripedCounter {
-                stripes: PerWorker::default(),
-                flushed: Mutex::new(0),
-                inner: self.inner.register_counter(key, metadata),
-            })
-        });
-        Counter::from_arc(c.clone())
+        Counter::from_arc(series_of(&self.series.counters, key, || StripedCounter {
+            stripes: PerWorker::default(),
+            flushed: Mutex::new(0),
+            inner: self.inner.register_counter(key, metadata),
+        }))
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
@@ -104,15 +102,22 @@ impl<R: Recorder> Recorder for Striped<R> {
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        let mut map = self.series.histograms.lock().unwrap_or_else(PoisonError::into_inner);
-        let h = map.entry(key.clone()).or_insert_with(|| {
-            Arc::new(StripedHistogram {
-                stripes: PerWorker::default(),
-                inner: self.inner.register_histogram(key, metadata),
-            })
-        });
-        Histogram::from_arc(h.clone())
+        Histogram::from_arc(series_of(&self.series.histograms, key, || StripedHistogram {
+            stripes: PerWorker::default(),
+            inner: self.inner.register_histogram(key, metadata),
+        }))
     }
+}
+
+/// The series of `key`, made on first use. `counter!` with labels built per call (an error
+/// answer's outcome, a retry's reason) comes here every time: a read lock and no copy of the
+/// key when the series exists.
+fn series_of<T>(map: &Map<T>, key: &Key, make: impl FnOnce() -> T) -> Arc<T> {
+    if let Some(s) = map.read().unwrap_or_else(PoisonError::into_inner).get(key) {
+        return s.clone();
+    }
+    let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
+    map.entry(key.clone()).or_insert_with(|| Arc::new(make())).clone()
 }
 
 /// A counter: one running total per worker; the exporter gets the sum's growth.
