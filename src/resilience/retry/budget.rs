@@ -21,22 +21,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::proxy::workers::PerWorker;
+
 const SLOTS: usize = 10;
-/// Stripes of slots: proxy worker `w` deposits into stripe `(w + 1) % STRIPES`, every other
-/// thread into stripe 0. More workers than stripes share some (still correct, only slower).
-const STRIPES: usize = 8;
 /// Fixed-point unit: one retry is worth this much (so a 20% ratio deposits 2_000 per request).
 const ONE: i64 = 10_000;
-
-/// One stripe's net balance deposited/withdrawn in each slot, on cache lines of its own.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Stripe([AtomicI64; SLOTS]);
 
 /// A retry budget shared by every request of one scope (cluster, or route with its own block).
 #[derive(Debug)]
 pub struct Budget {
-    stripes: [Stripe; STRIPES],
+    /// Per worker, the net balance deposited/withdrawn in each slot.
+    stripes: PerWorker<[AtomicI64; SLOTS]>,
     /// Index (since `origin`) of the slot currently written: slots after it were zeroed when
     /// it became current.
     current: AtomicU64,
@@ -53,7 +48,7 @@ impl Budget {
     pub fn new(ratio_bp: u32, min_per_second: u32, window: Duration) -> Budget {
         let window = window.max(Duration::from_secs(1));
         Budget {
-            stripes: Default::default(),
+            stripes: PerWorker::default(),
             current: AtomicU64::new(0),
             turn: Mutex::new(()),
             origin: Instant::now(),
@@ -71,10 +66,6 @@ impl Budget {
         nanos / self.slot_nanos
     }
 
-    fn stripe_here(&self) -> &Stripe {
-        &self.stripes[crate::proxy::workers::current().map_or(0, |w| (w + 1) % STRIPES)]
-    }
-
     /// Makes `index` current if it is later, zeroing the slots moved past (all of them after a
     /// long quiet spell). The caller holds `turn`.
     fn turn_to(&self, index: u64) -> u64 {
@@ -84,8 +75,8 @@ impl Budget {
         }
         for i in 1..=(index - current).min(SLOTS as u64) {
             let slot = ((current + i) % SLOTS as u64) as usize;
-            for stripe in &self.stripes {
-                stripe.0[slot].store(0, Ordering::Relaxed);
+            for stripe in self.stripes.iter() {
+                stripe[slot].store(0, Ordering::Relaxed);
             }
         }
         // Release: a deposit that sees the new index also sees its slot zeroed.
@@ -102,7 +93,7 @@ impl Budget {
         }
         // A deposit that raced a turn still lands in a slot of the window (its own slot, or
         // after a stall of a whole window, whichever slot that index maps to now).
-        self.stripe_here().0[(index % SLOTS as u64) as usize].fetch_add(self.deposit, Ordering::Relaxed);
+        self.stripes.here()[(index % SLOTS as u64) as usize].fetch_add(self.deposit, Ordering::Relaxed);
     }
 
     /// Takes one retry if the budget has it.
@@ -110,12 +101,11 @@ impl Budget {
         let index = self.index_now();
         let _turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.turn_to(index);
-        let balance: i64 =
-            self.stripes.iter().flat_map(|s| &s.0).map(|v| v.load(Ordering::Relaxed)).sum::<i64>() + self.reserve;
+        let balance: i64 = self.stripes.iter().flatten().map(|v| v.load(Ordering::Relaxed)).sum::<i64>() + self.reserve;
         if balance < ONE {
             return false;
         }
-        self.stripe_here().0[(current % SLOTS as u64) as usize].fetch_sub(ONE, Ordering::Relaxed);
+        self.stripes.here()[(current % SLOTS as u64) as usize].fetch_sub(ONE, Ordering::Relaxed);
         true
     }
 }
@@ -175,7 +165,7 @@ mod tests {
             .stripes
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.0.iter().any(|v| v.load(Ordering::Relaxed) != 0))
+            .filter(|(_, s)| s.iter().any(|v| v.load(Ordering::Relaxed) != 0))
             .map(|(i, _)| i)
             .collect();
         assert_eq!(used, [0, 1, 2, 3], "each worker wrote its own stripe, the other threads stripe 0");
