@@ -8,8 +8,9 @@
 //! histograms per worker thread and merges them when it flushes stats, for the same reason;
 //! here counters go the same way. A counter adds to its worker's own stripe and a histogram
 //! sample goes into its worker's own batch; [`flush`] (run before every render and by the
-//! exporter's upkeep) adds what the stripes gathered to the exporter's series. A batch full before that goes to the exporter at once, so memory stays
-//! bounded whoever reads. Gauges are set, not added to, and stay the exporter's own.
+//! exporter's upkeep) adds what the stripes gathered to the exporter's series. A batch full
+//! before that goes to the exporter at once, so memory stays bounded whoever reads. Gauges are
+//! set, not added to, and stay the exporter's own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,14 +63,12 @@ pub fn flush() {
 
 impl Series {
     fn flush(&self) {
-        let series = self;
-        let counters: Vec<_> =
-            series.counters.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        let counters: Vec<_> = self.counters.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         for c in counters {
             c.flush();
         }
         let histograms: Vec<_> =
-            series.histograms.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+            self.histograms.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
         for h in histograms {
             h.flush();
         }
