@@ -6,10 +6,10 @@
 //! request; in-flight requests keep the snapshot they started with.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::{Config, RouteConfig};
-use crate::error::BoxError;
+use crate::error::{BoxError, ErrorKind};
 use crate::proxy::stack::{self, HttpService};
 use crate::telemetry::names;
 use crate::upstream::Cluster;
@@ -29,7 +29,16 @@ pub struct RouteEntry {
 pub struct RouteMetrics {
     pub by_class: [metrics::Counter; 5],
     pub duration: metrics::Histogram,
+    /// Answers Lifeline gave itself, by error kind, made on first use: a burst of them (a
+    /// breaker failing fast) built the label set, two `String`s and a key, per answer.
+    by_error: [OnceLock<metrics::Counter>; ERROR_KINDS],
+    route: String,
+    cluster: String,
 }
+
+/// How many `ErrorKind`s there are (checked below: the last one's index + 1).
+const ERROR_KINDS: usize = 19;
+const _: () = assert!(ErrorKind::ClientAborted as usize + 1 == ERROR_KINDS);
 
 impl RouteMetrics {
     fn new(route: &str, cluster: &str) -> Self {
@@ -37,6 +46,9 @@ impl RouteMetrics {
         RouteMetrics {
             by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
             duration: metrics::histogram!(names::REQUEST_DURATION_SECONDS, "route" => route.to_string(), "cluster" => cluster.to_string()),
+            by_error: std::array::from_fn(|_| OnceLock::new()),
+            route: route.to_string(),
+            cluster: cluster.to_string(),
         }
     }
 
@@ -44,6 +56,14 @@ impl RouteMetrics {
     pub fn count_status(&self, status: http::StatusCode) {
         let i = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.by_class[i].increment(1);
+    }
+
+    /// Counts an answer Lifeline gave itself (its `outcome` label is the error's code).
+    pub fn count_error(&self, kind: ErrorKind) {
+        let counter = self.by_error[kind as usize].get_or_init(|| {
+            metrics::counter!(names::REQUESTS_TOTAL, "route" => self.route.clone(), "cluster" => self.cluster.clone(), "outcome" => kind.code())
+        });
+        counter.increment(1);
     }
 }
 
@@ -115,5 +135,32 @@ impl Runtime {
     /// The first route matching the request.
     pub fn route(&self, head: &impl crate::proxy::route::RequestHead) -> Option<&RouteEntry> {
         self.routes.iter().find(|r| crate::proxy::route::matches(&r.config.matcher, head))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_lifeline_gave_itself_are_counted_by_error_code() {
+        let prom = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = prom.handle();
+        metrics::with_local_recorder(&prom, || {
+            let m = RouteMetrics::new("pay", "payment");
+            m.count_error(ErrorKind::CircuitOpen);
+            m.count_error(ErrorKind::CircuitOpen);
+            m.count_error(ErrorKind::ClientAborted);
+            m.count_status(http::StatusCode::OK);
+        });
+        let text = handle.render();
+        let value = |outcome: &str| {
+            let series = format!("lifeline_requests_total{{route=\"pay\",cluster=\"payment\",outcome=\"{outcome}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_string)
+        };
+        assert_eq!(value("circuit_open").as_deref(), Some("2"), "{text}");
+        assert_eq!(value("client_aborted").as_deref(), Some("1"), "{text}");
+        assert_eq!(value("2xx").as_deref(), Some("1"), "{text}");
+        assert_eq!(value("overloaded"), None, "made on first use only: {text}");
     }
 }

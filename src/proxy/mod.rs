@@ -252,7 +252,6 @@ fn prepare_upstream(req: &mut Request<ProxyBody>, peer: SocketAddr, request_id: 
 }
 
 fn count_local(route: &RouteEntry, err: &crate::error::BoxError) {
-    let code = LifelineError::find(err.as_ref()).map(|e| e.kind.code()).unwrap_or("upstream_reset");
-    metrics::counter!(names::REQUESTS_TOTAL, "route" => route.config.name.clone(), "cluster" => route.config.cluster.clone(), "outcome" => code)
-        .increment(1);
+    let kind = LifelineError::find(err.as_ref()).map_or(ErrorKind::UpstreamReset, |e| e.kind);
+    route.metrics.count_error(kind);
 }
