@@ -32,8 +32,6 @@ pub struct RouteMetrics {
     /// Answers Lifeline gave itself, by error kind, made on first use: a burst of them (a
     /// breaker failing fast) built the label set, two `String`s and a key, per answer.
     by_error: [OnceLock<metrics::Counter>; ERROR_KINDS],
-    route: String,
-    cluster: String,
 }
 
 /// How many `ErrorKind`s there are (checked below: the last one's index + 1).
@@ -47,8 +45,6 @@ impl RouteMetrics {
             by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
             duration: metrics::histogram!(names::REQUEST_DURATION_SECONDS, "route" => route.to_string(), "cluster" => cluster.to_string()),
             by_error: std::array::from_fn(|_| OnceLock::new()),
-            route: route.to_string(),
-            cluster: cluster.to_string(),
         }
     }
 
@@ -58,10 +54,10 @@ impl RouteMetrics {
         self.by_class[i].increment(1);
     }
 
-    /// Counts an answer Lifeline gave itself (its `outcome` label is the error's code).
-    pub fn count_error(&self, kind: ErrorKind) {
+    /// Counts an answer Lifeline gave itself on `route` (its `outcome` label is the error's code).
+    pub fn count_error(&self, kind: ErrorKind, route: &RouteConfig) {
         let counter = self.by_error[kind as usize].get_or_init(|| {
-            metrics::counter!(names::REQUESTS_TOTAL, "route" => self.route.clone(), "cluster" => self.cluster.clone(), "outcome" => kind.code())
+            metrics::counter!(names::REQUESTS_TOTAL, "route" => route.name.clone(), "cluster" => route.cluster.clone(), "outcome" => kind.code())
         });
         counter.increment(1);
     }
@@ -146,11 +142,14 @@ mod tests {
     fn answers_lifeline_gave_itself_are_counted_by_error_code() {
         let prom = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = prom.handle();
+        let yaml = "clusters:\n  payment:\n    endpoints:\n      - { address: 127.0.0.1:9 }\nroutes:\n  - { name: pay, cluster: payment }\n";
+        let config = Config::from_yaml("t.yaml", yaml).unwrap();
+        let route = &config.routes[0];
         metrics::with_local_recorder(&prom, || {
-            let m = RouteMetrics::new("pay", "payment");
-            m.count_error(ErrorKind::CircuitOpen);
-            m.count_error(ErrorKind::CircuitOpen);
-            m.count_error(ErrorKind::ClientAborted);
+            let m = RouteMetrics::new(&route.name, &route.cluster);
+            m.count_error(ErrorKind::CircuitOpen, route);
+            m.count_error(ErrorKind::CircuitOpen, route);
+            m.count_error(ErrorKind::ClientAborted, route);
             m.count_status(http::StatusCode::OK);
         });
         let text = handle.render();

@@ -253,5 +253,5 @@ fn prepare_upstream(req: &mut Request<ProxyBody>, peer: SocketAddr, request_id: 
 
 fn count_local(route: &RouteEntry, err: &crate::error::BoxError) {
     let kind = LifelineError::find(err.as_ref()).map_or(ErrorKind::UpstreamReset, |e| e.kind);
-    route.metrics.count_error(kind);
+    route.metrics.count_error(kind, &route.config);
 }
