@@ -102,7 +102,7 @@ pub async fn send(
     cluster: &Cluster,
     route: Option<&str>,
     endpoint: &Endpoint,
-    req: ProxyRequest,
+    req: &mut ProxyRequest,
 ) -> Result<Response<ProxyBody>, SendFailure> {
     if faults.is_empty() {
         return cluster.send(endpoint, req).await;
@@ -120,21 +120,17 @@ pub async fn send(
     };
     match plan.terminal {
         Some((id, Terminal::Abort(status))) => {
-            drop(req);
             Err(fail(ErrorKind::InjectedFault, &id, &format!("answered {status}")).with_status(status).boxed().into())
         }
         Some((id, Terminal::Reset)) => {
             Err(fail(ErrorKind::UpstreamReset, &id, "connection reset by peer").boxed().into())
         }
         Some((id, Terminal::Refuse)) => {
-            // Like a real refusal: nothing was sent, so the request comes back.
+            // Like a real refusal: nothing was sent, so the request is whole.
             let error = fail(ErrorKind::ConnectFailed, &id, "connection refused").boxed();
-            Err(SendFailure { error, unsent: Some(req) })
+            Err(SendFailure { error, unsent: true })
         }
-        Some((_, Terminal::Blackhole)) => {
-            drop(req);
-            std::future::pending().await
-        }
+        Some((_, Terminal::Blackhole)) => std::future::pending().await,
         Some((id, Terminal::ResetAfterSend)) => {
             // Let the upstream do the work, then lose its answer.
             if let Ok(resp) = cluster.send(endpoint, req).await {

@@ -19,6 +19,7 @@
 //! route enables. (Until session 6 each step was a tower `Layer` with a boxed future of its
 //! own: about a dozen allocations per request, measured in BENCHMARKS.md.)
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -168,13 +169,22 @@ impl RoutePath {
         deadline::within(self.timeout, &self.cluster, req, |req, d| self.attempts(req, d)).await
     }
 
-    async fn attempts(&self, req: ProxyRequest, d: Deadline) -> Result<Response<ProxyBody>, BoxError> {
-        match &self.retry {
-            Some(retry) => {
-                let tried = TriedEndpoints::default();
-                retry.run(req, Some(d.at), |req| self.attempt(req, d, Some(&tried))).await
+    /// The request's attempts. It stays here, in this frame, for all of them: each attempt
+    /// borrows it, so a retry needs no copy of it (a copy of the head per request was ~450
+    /// instructions, BENCHMARKS.md session 18).
+    async fn attempts(&self, mut req: ProxyRequest, d: Deadline) -> Result<Response<ProxyBody>, BoxError> {
+        let Some(retry) = &self.retry else {
+            return self.attempt(&mut req, d, None).await;
+        };
+        let tried = TriedEndpoints::default();
+        let mut attempts = retry.begin(&mut req, Some(d.at)).await?;
+        loop {
+            attempts.prepare(&mut req);
+            let result = self.attempt(&mut req, d, Some(&tried)).await;
+            match attempts.after(result) {
+                ControlFlow::Break(answer) => return answer,
+                ControlFlow::Continue(wait) => tokio::time::sleep(wait).await,
             }
-            None => self.attempt(req, d, None).await,
         }
     }
 
@@ -183,7 +193,7 @@ impl RoutePath {
     /// full bulkhead never builds it.
     async fn attempt(
         &self,
-        req: ProxyRequest,
+        req: &mut ProxyRequest,
         d: Deadline,
         tried: Option<&TriedEndpoints>,
     ) -> Result<Response<ProxyBody>, BoxError> {
@@ -195,14 +205,15 @@ impl RoutePath {
 
     async fn limited(
         &self,
-        req: ProxyRequest,
+        req: &mut ProxyRequest,
         d: Deadline,
         tried: Option<&TriedEndpoints>,
     ) -> Result<Response<ProxyBody>, BoxError> {
-        let send = |req| deadline::attempt(self.per_try, &self.cluster, d, req, |req| self.target.send(req, tried));
+        let (per_try, cluster) = (self.per_try, &*self.cluster);
+        let send = |req| self.target.send(req, tried);
         match &self.limit {
-            Some(limit) => limit.around(|| send(req)).await,
-            None => send(req).await,
+            Some(limit) => limit.around(|| deadline::attempt(per_try, cluster, d, req, send)).await,
+            None => deadline::attempt(per_try, cluster, d, req, send).await,
         }
     }
 }

@@ -133,16 +133,17 @@ fn budget_value(ms: u64, grpc: bool) -> Option<HeaderValue> {
 }
 
 /// Runs one attempt (`send`) within the per-try timeout and what is left of `deadline`, and
-/// tells the upstream how long it has left, in the header the caller used.
-pub async fn attempt<F, Fut>(
+/// tells the upstream how long it has left, in the header the caller used (set, not added:
+/// every attempt of a request sends the same request).
+pub async fn attempt<'r, F, Fut>(
     per_try: Option<Duration>,
     cluster: &str,
     deadline: Deadline,
-    mut req: ProxyRequest,
+    req: &'r mut ProxyRequest,
     send: F,
 ) -> Result<Response<ProxyBody>, BoxError>
 where
-    F: FnOnce(ProxyRequest) -> Fut,
+    F: FnOnce(&'r mut ProxyRequest) -> Fut,
     Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
 {
     let now = Instant::now();

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use http::uri::Authority;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -222,7 +221,6 @@ pub struct Endpoint {
     /// The config entry this endpoint comes from (`address` as written, priority, weight).
     pub config: EndpointConfig,
     pub addr: SocketAddr,
-    pub authority: Authority,
     pub state: Arc<EndpointState>,
     /// Keep-alive connections to this endpoint, per proxy worker.
     pub pool: Arc<super::pool::ConnPool>,
@@ -244,8 +242,6 @@ impl Endpoint {
         wake: Arc<Notify>,
     ) -> Endpoint {
         let key: Arc<str> = Arc::from(addr.to_string());
-        let authority =
-            Authority::try_from(addr.to_string().as_str()).unwrap_or_else(|_| Authority::from_static("127.0.0.1:1"));
         let counter = |result: &'static str| metrics::counter!(names::UPSTREAM_REQUESTS_TOTAL, "cluster" => cluster.to_string(), "endpoint" => key.to_string(), "result" => result);
         let thresholds =
             if outlier.enabled { (outlier.consecutive_5xx, outlier.consecutive_gateway_failures) } else { (0, 0) };
@@ -256,7 +252,6 @@ impl Endpoint {
             key,
             config: config.clone(),
             addr,
-            authority,
             state,
             pool: super::pool::ConnPool::new(addr, pool),
             thresholds,

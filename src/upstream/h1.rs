@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -62,9 +62,10 @@ pub trait Release: Send + Sync + 'static {
 /// Why an exchange failed.
 #[derive(Debug)]
 pub enum Failure {
-    /// Not one byte of the request was written: it may go out elsewhere. The request comes
-    /// back whole when it can (body frames already taken are put back in front).
-    NotSent(io::Error, Option<Box<Request<ProxyBody>>>),
+    /// Not one byte of the request was written: it may go out elsewhere. `true` when the
+    /// request is whole again (body frames already taken were put back in front); `false`
+    /// when its body cannot be rebuilt (trailers were taken).
+    NotSent(io::Error, bool),
     /// The exchange failed after the request (or part of it) was written: it may have reached
     /// the backend.
     Exchange(String),
@@ -75,8 +76,8 @@ pub enum Failure {
     Body(BoxError),
     /// Sent with `resend` (idempotent, no body, on a kept-alive connection), and the connection
     /// closed or reset before one byte of an answer: the backend had closed it while it sat idle
-    /// (RFC 9112 §9.3.1). The request comes back to go out on another connection.
-    Stale(String, Box<Request<ProxyBody>>),
+    /// (RFC 9112 §9.3.1). The request is as it was, to go out on another connection.
+    Stale(String),
 }
 
 impl Conn {
@@ -160,15 +161,19 @@ impl Conn {
     }
 }
 
-/// Sends `req` (origin-form target, `Host` set, hop-by-hop headers removed) on `conn` and
-/// returns the response once its head has arrived. The body reads the rest from the connection
-/// and hands the connection to `home` when it ends and the connection can carry another.
+/// Sends `req` (origin-form target, hop-by-hop headers removed) on `conn`, with `Host: {host}`
+/// when it has no `Host`, and returns the response once its head has arrived. The body reads
+/// the rest from the connection and hands the connection to `home` when it ends and the
+/// connection can carry another.
 ///
-/// With `resend`, a request without a body is kept until the answer starts, so that a
-/// connection that turns out closed hands it back ([`Failure::Stale`]).
+/// The request is borrowed, not consumed: the caller keeps it for another attempt (a retry
+/// needs no copy of its head). Its body is taken; it is put back when nothing was written
+/// ([`Failure::NotSent`]). With `resend`, a connection that turns out closed before a byte of
+/// an answer is [`Failure::Stale`] for a request without a body, which is then as it was.
 pub async fn exchange<R: Release>(
     mut conn: Conn,
-    mut req: ProxyRequest,
+    req: &mut ProxyRequest,
+    host: &str,
     home: Arc<R>,
     resend: bool,
 ) -> Result<Response<ProxyBody>, Failure> {
@@ -178,13 +183,13 @@ pub async fn exchange<R: Release>(
     let map_fields = req.version() == Version::HTTP_2;
     let mut body = std::mem::replace(req.body_mut(), crate::proxy::body::empty());
     let resend = resend && body.is_end_stream();
-    let framing = encode_head(&mut conn.out, &req, &body);
-    // Kept until the first byte is out, so a request that never left can be handed back.
-    let mut unsent = Some(Unsent { req, held: None, whole: true });
+    let framing = encode_head(&mut conn.out, req, host, &body);
+    // Kept until the first byte is out, so a request that never left can be made whole.
+    let mut unsent = Some(Unsent { held: None, whole: true });
     let mut written = 0u64;
     if body.is_end_stream() {
         if let Err(e) = conn.flush_out(&mut written).await {
-            return Err(failed(written, e, unsent, body));
+            return Err(failed(written, e, unsent, body, req));
         }
     } else {
         let mut sent = 0u64;
@@ -207,7 +212,7 @@ pub async fn exchange<R: Release>(
                         conn.out.extend_from_slice(&data);
                     } else {
                         if let Err(e) = conn.flush_out(&mut written).await {
-                            return Err(failed(written, e, unsent, body));
+                            return Err(failed(written, e, unsent, body, req));
                         }
                         unsent = None;
                         conn.write_direct(&data, &mut written).await.map_err(|e| Failure::Exchange(e.to_string()))?;
@@ -220,7 +225,7 @@ pub async fn exchange<R: Release>(
                     }
                     // More is coming, maybe not soon: what we have goes out now.
                     if let Err(e) = conn.flush_out(&mut written).await {
-                        return Err(failed(written, e, unsent, body));
+                        return Err(failed(written, e, unsent, body, req));
                     }
                     unsent = None;
                     continue;
@@ -249,18 +254,15 @@ pub async fn exchange<R: Release>(
             ReqBody::Length(_) => {}
         }
         if let Err(e) = conn.flush_out(&mut written).await {
-            return Err(failed(written, e, unsent, body));
+            return Err(failed(written, e, unsent, body, req));
         }
     }
-    let back = if resend { unsent.take().map(|u| u.req) } else { None };
     drop((unsent, body));
-    read_response(conn, head_only, map_fields, home, back).await
+    read_response(conn, head_only, map_fields, home, resend).await
 }
 
-/// What a request that has not been written yet needs to be rebuilt.
+/// What the body of a request that has not been written yet needs to be rebuilt.
 struct Unsent {
-    /// The request, its body taken out.
-    req: ProxyRequest,
     /// The body frame taken but not yet written (at most one: each is written before the next
     /// is taken, except the last).
     held: Option<Bytes>,
@@ -268,22 +270,20 @@ struct Unsent {
     whole: bool,
 }
 
-/// A write failed: before its first byte, the request (when it can be rebuilt) goes back to
-/// the caller; after, the exchange failed with an unknown outcome.
-fn failed(written: u64, e: io::Error, unsent: Option<Unsent>, body: ProxyBody) -> Failure {
+/// A write failed: before its first byte, the request's body goes back into it (when it can
+/// be rebuilt); after, the exchange failed with an unknown outcome.
+fn failed(written: u64, e: io::Error, unsent: Option<Unsent>, body: ProxyBody, req: &mut ProxyRequest) -> Failure {
     if written > 0 {
         return Failure::Exchange(e.to_string());
     }
-    let back = unsent.filter(|u| u.whole).map(|u| {
-        let body = match u.held {
-            Some(first) => crate::proxy::body::boxed(Prepended { first: Some(first), rest: body }),
-            None => body,
-        };
-        let mut req = u.req;
-        *req.body_mut() = body;
-        req
-    });
-    Failure::NotSent(e, back)
+    let Some(u) = unsent.filter(|u| u.whole) else {
+        return Failure::NotSent(e, false);
+    };
+    *req.body_mut() = match u.held {
+        Some(first) => crate::proxy::body::boxed(Prepended { first: Some(first), rest: body }),
+        None => body,
+    };
+    Failure::NotSent(e, true)
 }
 
 /// A body with one data frame put back in front of the rest.
@@ -326,18 +326,26 @@ enum ReqBody {
 }
 
 /// Encodes the request line and headers; `Content-Length` and `Transfer-Encoding` are written
-/// from the body as it is, never copied from the incoming request.
-fn encode_head(out: &mut Vec<u8>, req: &Request<ProxyBody>, body: &ProxyBody) -> ReqBody {
+/// from the body as it is, never copied from the incoming request. `host` is written when the
+/// request has no `Host` (an h2c caller's authority is not one to pass on).
+fn encode_head(out: &mut Vec<u8>, req: &Request<ProxyBody>, host: &str, body: &ProxyBody) -> ReqBody {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // Seen on the way rather than looked up: a comparison of standard names per field costs
+    // less than hashing the name once.
+    let mut has_host = false;
     for (name, value) in req.headers() {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
+        has_host |= name == HOST;
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !has_host {
+        put_header(out, b"host", host.as_bytes());
     }
     let framing = if body.is_end_stream() {
         ReqBody::Length(0)
@@ -369,7 +377,7 @@ async fn read_response<R: Release>(
     head_only: bool,
     map_fields: bool,
     home: Arc<R>,
-    back: Option<ProxyRequest>,
+    resend: bool,
 ) -> Result<Response<ProxyBody>, Failure> {
     let mut answered = false;
     loop {
@@ -387,10 +395,7 @@ async fn read_response<R: Release>(
             Ok(_) => continue,
             Err(e) => e.to_string(),
         };
-        return Err(match back {
-            Some(req) if !answered => Failure::Stale(failed, req),
-            _ => Failure::Exchange(failed),
-        });
+        return Err(if resend && !answered { Failure::Stale(failed) } else { Failure::Exchange(failed) });
     }
 }
 

@@ -41,8 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use http::header::HOST;
-use http::{HeaderValue, Response, Uri};
+use http::{Response, Uri};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
@@ -181,20 +180,15 @@ impl Cluster {
     }
 
     /// Sends `req` to `endpoint` over one of its pooled connections (HTTP/1.1, origin-form
-    /// request target, `Host` set when the request has none). When nothing of the request left
-    /// Lifeline (no connection, or one that failed before the first byte), the failure carries
-    /// the request back, so it can go to another endpoint.
-    pub async fn send(&self, endpoint: &Endpoint, mut req: ProxyRequest) -> Result<Response<ProxyBody>, SendFailure> {
+    /// request target, `Host` written when the request has none). When nothing of the request
+    /// left Lifeline (no connection, or one that failed before the first byte), the failure says
+    /// whether the request is whole, so it can go to another endpoint.
+    pub async fn send(&self, endpoint: &Endpoint, req: &mut ProxyRequest) -> Result<Response<ProxyBody>, SendFailure> {
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
             *req.uri_mut() = Uri::try_from(pq).map_err(|e| SendFailure::from(BoxError::from(e)))?;
         } else if req.uri().path().is_empty() {
             *req.uri_mut() = Uri::from_static("/");
-        }
-        if !req.headers().contains_key(HOST) {
-            if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
-                req.headers_mut().insert(HOST, host);
-            }
         }
         // The version is left as the caller's: the client writes HTTP/1.1 whatever it says, and
         // reads it to know who will write the answer (h1::exchange).
@@ -207,12 +201,12 @@ impl Cluster {
                 .boxed()
         };
         result.map_err(|e| match e {
-            pool::SendError::Connect(cause, req) => {
-                SendFailure { error: fail(ErrorKind::ConnectFailed, "cannot connect to", cause), unsent: Some(req) }
+            pool::SendError::Connect(cause) => {
+                SendFailure { error: fail(ErrorKind::ConnectFailed, "cannot connect to", cause), unsent: true }
             }
-            pool::SendError::NotSent(cause, req) => SendFailure {
+            pool::SendError::NotSent(cause, whole) => SendFailure {
                 error: fail(ErrorKind::ConnectFailed, "the connection failed before the request was sent to", cause),
-                unsent: req,
+                unsent: whole,
             },
             pool::SendError::Exchange(cause) => fail(ErrorKind::UpstreamReset, "request failed on", cause).into(),
             // Over `max_body` keeps its own kind (413); anything else on the caller's side is
@@ -241,17 +235,18 @@ impl Cluster {
     }
 }
 
-/// A failed send. `unsent` is the request itself when not one byte of it left Lifeline: it may
-/// then go to another endpoint, even a POST (design invariant 7), and a streaming upload need
-/// not have been buffered to allow it.
+/// A failed send. `unsent` is true when not one byte of the request left Lifeline and the
+/// request the caller lent is whole (its body put back): it may then go to another endpoint,
+/// even a POST (design invariant 7), and a streaming upload need not have been buffered to
+/// allow it.
 pub struct SendFailure {
     pub error: BoxError,
-    pub unsent: Option<ProxyRequest>,
+    pub unsent: bool,
 }
 
 impl From<BoxError> for SendFailure {
     fn from(error: BoxError) -> Self {
-        SendFailure { error, unsent: None }
+        SendFailure { error, unsent: false }
     }
 }
 

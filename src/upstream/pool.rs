@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::Response;
 use tokio::net::TcpStream;
 
 use super::h1::{self, Conn, Failure};
@@ -41,11 +41,12 @@ pub struct PoolConfig {
 /// Why an exchange failed.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be opened: nothing was sent, and the request comes back.
-    Connect(String, Box<Request<ProxyBody>>),
+    /// No connection could be opened: nothing was sent, and the request is as it was.
+    Connect(String),
     /// A connection failed before one byte of the request was written (e.g. reset right after
-    /// the handshake): nothing was sent either; the request comes back when it could be rebuilt.
-    NotSent(String, Option<Box<Request<ProxyBody>>>),
+    /// the handshake): nothing was sent either. `true` when the request is whole again (its
+    /// body could be rebuilt).
+    NotSent(String, bool),
     /// The connection failed during the exchange (the request may have reached the endpoint).
     Exchange(String),
     /// The caller's request body failed mid-send ([`h1::Failure::Body`]): not the endpoint's fault.
@@ -55,6 +56,8 @@ pub enum SendError {
 /// The idle connections of one endpoint.
 pub struct ConnPool {
     addr: SocketAddr,
+    /// `Host` for a request that has none: the endpoint's address.
+    host: Box<str>,
     cfg: PoolConfig,
     /// `[0]`: threads that are not proxy workers; `[i + 1]`: worker `i`.
     slots: Box<[Mutex<Vec<Idle>>]>,
@@ -81,7 +84,12 @@ impl h1::Release for ConnPool {
 impl ConnPool {
     pub fn new(addr: SocketAddr, cfg: PoolConfig) -> Arc<ConnPool> {
         let n = 1 + workers::most_started();
-        Arc::new(ConnPool { addr, cfg, slots: (0..n).map(|_| Mutex::new(Vec::new())).collect() })
+        Arc::new(ConnPool {
+            addr,
+            host: addr.to_string().into(),
+            cfg,
+            slots: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+        })
     }
 
     fn slot(&self) -> &Mutex<Vec<Idle>> {
@@ -138,25 +146,24 @@ impl ConnPool {
     /// DELETE) skips that syscall, as nginx and HAProxy do: if the connection turns out closed
     /// before one byte of an answer, it is sent again, once, on a connection checked the careful
     /// way (RFC 9112 §9.3.1 allows this for idempotent requests).
-    pub async fn send(self: &Arc<Self>, mut req: ProxyRequest) -> Result<Response<ProxyBody>, SendError> {
+    pub async fn send(self: &Arc<Self>, req: &mut ProxyRequest) -> Result<Response<ProxyBody>, SendError> {
         let mut blind = crate::proxy::headers::idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
         loop {
             let (conn, reused) = match self.take_idle(!blind) {
                 Some(conn) => (conn, true),
                 None => match self.connect().await {
                     Ok(conn) => (conn, false),
-                    Err(why) => return Err(SendError::Connect(why, req)),
+                    Err(why) => return Err(SendError::Connect(why)),
                 },
             };
-            match h1::exchange(conn, req, self.clone(), reused && blind).await {
+            match h1::exchange(conn, req, &self.host, self.clone(), reused && blind).await {
                 Ok(resp) => return Ok(resp),
-                Err(Failure::Stale(why, back)) => {
+                Err(Failure::Stale(why)) => {
                     tracing::debug!(endpoint = %self.addr, %why, "kept-alive connection was closed; sending the idempotent request again");
                     blind = false;
-                    req = back;
                 }
-                Err(Failure::NotSent(_, Some(back))) if reused => req = back,
-                Err(Failure::NotSent(e, back)) => return Err(SendError::NotSent(e.to_string(), back)),
+                Err(Failure::NotSent(_, true)) if reused => {}
+                Err(Failure::NotSent(e, whole)) => return Err(SendError::NotSent(e.to_string(), whole)),
                 Err(Failure::Exchange(why)) => return Err(SendError::Exchange(why)),
                 Err(Failure::Body(e)) => return Err(SendError::Body(e)),
             }

@@ -1,8 +1,9 @@
 //! The innermost service of every route: pick an endpoint, send, count the outcome.
 //!
 //! A connect failure means nothing left Lifeline, so the request is re-picked at once on
-//! another endpoint of the cluster (even a POST: the failed send hands the request back, see
-//! [`super::SendFailure`]), up to once per endpoint. That costs no retry budget: the retry layer above never sees it.
+//! another endpoint of the cluster (even a POST: a send that failed before its first byte leaves the request whole, see
+//! [`super::SendFailure`]), up to once per endpoint. That costs no retry budget: the retry
+//! layer above never sees it.
 //! Every endpoint tried is appended to the request's [`TriedEndpoints`] (kept across the
 //! request's retries), and the balancer avoids those when it can, so a retry lands somewhere new.
 
@@ -38,7 +39,7 @@ impl ClusterService {
     /// endpoints earlier attempts of the same request went to; the pick is added to it.
     pub async fn send(
         &self,
-        req: ProxyRequest,
+        req: &mut ProxyRequest,
         tried: Option<&TriedEndpoints>,
     ) -> Result<Response<ProxyBody>, BoxError> {
         dispatch(self, tried, req).await
@@ -48,7 +49,7 @@ impl ClusterService {
 async fn dispatch(
     svc: &ClusterService,
     tried: Option<&TriedEndpoints>,
-    mut req: ProxyRequest,
+    req: &mut ProxyRequest,
 ) -> Result<Response<ProxyBody>, BoxError> {
     let (cluster, classifier) = (&*svc.cluster, svc.classifier);
     cluster.wait_ready().await;
@@ -83,11 +84,10 @@ async fn dispatch(
             // Breaker and retry classify the answer again with the same classifier (a status
             // match costs less than carrying the verdict in the response's extensions).
             Ok(resp) => return Ok(resp),
-            Err(SendFailure { error, unsent: Some(back) })
+            Err(SendFailure { error, unsent: true })
                 if more_endpoints && LifelineError::kind_of(&error) == ErrorKind::ConnectFailed =>
             {
                 tracing::debug!(cluster = cluster.name(), endpoint = %endpoint.key, "connect failed; re-picking");
-                req = back;
             }
             Err(f) => return Err(f.error),
         }

@@ -227,8 +227,8 @@ async fn an_attempt_dropped_unfinished_leaves_nothing_in_flight() {
     let cluster = Cluster::build(&config.clusters["pay"], None, resolve::system());
     let e = cluster.endpoints()[0].clone();
     for _ in 0..3 {
-        let req = Box::new(http::Request::get("/slow").body(crate::proxy::body::empty()).unwrap());
-        let send = cluster.send(&e, req);
+        let mut req = Box::new(http::Request::get("/slow").body(crate::proxy::body::empty()).unwrap());
+        let send = cluster.send(&e, &mut req);
         assert!(tokio::time::timeout(Duration::from_millis(50), send).await.is_err(), "never answered");
     }
     assert_eq!(e.state.stats.in_flight(), 0, "each dropped attempt left in-flight");

@@ -15,11 +15,11 @@ pub mod body;
 pub mod budget;
 pub mod config;
 
-use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Response};
 use tokio::time::Instant;
 
 use self::body::Replay;
@@ -83,89 +83,68 @@ impl RetryPolicy {
         Some(wait)
     }
 
-    /// Runs `attempt` until an answer may go to the caller: the first success, or a failure
-    /// that another attempt may not or need not follow (see [`RetryPolicy::next`]).
-    pub async fn run<F, Fut>(
-        &self,
-        mut req: ProxyRequest,
-        deadline: Option<Instant>,
-        mut attempt: F,
-    ) -> Result<Response<ProxyBody>, BoxError>
-    where
-        F: FnMut(ProxyRequest) -> Fut,
-        Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
-    {
+    /// Starts one request's attempts: pays into the budget, decides whether a resend could be
+    /// harmless, and reads a body that fits the replay cap into memory. The request itself
+    /// stays with the caller for every attempt (the path below borrows it, and a send that
+    /// failed before its first byte leaves it whole), so its head is never copied; each
+    /// attempt's body comes from [`Attempts::prepare`].
+    pub async fn begin(&self, req: &mut ProxyRequest, deadline: Option<Instant>) -> Result<Attempts<'_>, BoxError> {
         self.budget.deposit();
         let resend_safe = (crate::proxy::headers::idempotent(req.method())
             || req.headers().contains_key(&IDEMPOTENCY_KEY))
             && req.extensions().get::<crate::proxy::stack::ResendOnlyIfNotSent>().is_none();
-        if self.config.attempts <= 1 {
-            return with_attempts(attempt(req).await, 1);
+        let replay = if self.config.attempts <= 1 {
+            // One attempt: the body stays where it is, streamed as it comes.
+            Replay::Once(None)
+        } else {
+            let body = std::mem::replace(req.body_mut(), crate::proxy::body::empty());
+            Replay::prepare(body, req.headers(), self.config.max_replay_body).await?
+        };
+        Ok(Attempts { policy: self, replay, resend_safe, deadline, n: 0 })
+    }
+}
+
+/// The attempts of one request ([`RetryPolicy::begin`]). The caller loops: [`Attempts::prepare`]
+/// the request, send it, and hand the result to [`Attempts::after`], which says whether it is
+/// the answer or how long to wait before the next attempt.
+pub struct Attempts<'p> {
+    policy: &'p RetryPolicy,
+    replay: Replay,
+    resend_safe: bool,
+    deadline: Option<Instant>,
+    /// Attempts started so far.
+    n: u32,
+}
+
+impl Attempts<'_> {
+    /// Gives `req` the body for the next attempt.
+    pub fn prepare(&mut self, req: &mut ProxyRequest) {
+        self.n += 1;
+        if let Some(body) = self.replay.take() {
+            *req.body_mut() = body;
         }
-        let body = std::mem::replace(req.body_mut(), crate::proxy::body::empty());
-        let mut replay = Replay::prepare(body, req.headers(), self.config.max_replay_body).await?;
-        // The first attempt takes the request itself: its header map has room for what the
-        // path adds (an exact-size copy reallocated on the next insert). Later attempts get a
-        // request rebuilt from the head as it is now, before anything is added.
-        let head = Head::of(&req);
-        let mut first = Some(req);
-        let mut n = 1u32;
-        loop {
-            let mut req = first.take().unwrap_or_else(|| Box::new(head.request()));
-            *req.body_mut() = replay.take().unwrap_or_else(crate::proxy::body::empty);
-            let result = attempt(req).await;
-            let outcome = outcome_of(&self.classifier, &result);
-            match self.next(n, outcome, &result, resend_safe, replay.can_replay(), deadline) {
-                None => return with_attempts(result, n),
-                Some(wait) => {
-                    drop(result);
-                    metrics::counter!(names::RETRIES_TOTAL, "cluster" => self.cluster.clone(), "reason" => outcome.label()).increment(1);
-                    tokio::time::sleep(wait).await;
-                    n += 1;
-                }
+    }
+
+    /// `Break` with the answer for the caller (the first success, or a failure that another
+    /// attempt may not or need not follow, see [`RetryPolicy::next`]), marked with the number
+    /// of attempts; or `Continue` with the wait before another attempt.
+    pub fn after(
+        &mut self,
+        result: Result<Response<ProxyBody>, BoxError>,
+    ) -> ControlFlow<Result<Response<ProxyBody>, BoxError>, Duration> {
+        let p = self.policy;
+        if self.n >= p.config.attempts {
+            return ControlFlow::Break(with_attempts(result, self.n));
+        }
+        let outcome = outcome_of(&p.classifier, &result);
+        match p.next(self.n, outcome, &result, self.resend_safe, self.replay.can_replay(), self.deadline) {
+            None => ControlFlow::Break(with_attempts(result, self.n)),
+            Some(wait) => {
+                metrics::counter!(names::RETRIES_TOTAL, "cluster" => p.cluster.clone(), "reason" => outcome.label())
+                    .increment(1);
+                ControlFlow::Continue(wait)
             }
         }
-    }
-}
-
-/// A request's head (method, target, version, fields, extensions) as the first attempt got it,
-/// for the attempts after it. The fields are kept in a list, not a map: every request pays
-/// for this copy and few retry, and a map's clone allocates twice (callgrind, session 13: the
-/// map's copy was 1.3k of 30k instructions per request; as a list a request costs 0.3k less).
-struct Head {
-    method: http::Method,
-    uri: http::Uri,
-    version: http::Version,
-    fields: smallvec::SmallVec<[(http::HeaderName, HeaderValue); 4]>,
-    extensions: http::Extensions,
-}
-
-impl Head {
-    fn of<B>(req: &Request<B>) -> Head {
-        Head {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            // Every value of a repeated field, in order (the map's iterator repeats the name).
-            fields: req.headers().iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
-            extensions: req.extensions().clone(),
-        }
-    }
-
-    /// A request with this head and an empty body.
-    fn request(&self) -> Request<ProxyBody> {
-        let mut req = Request::new(crate::proxy::body::empty());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        let headers = req.headers_mut();
-        // Room for what the path adds, as the first attempt's map has.
-        headers.reserve(self.fields.len() + 4);
-        for (name, value) in &self.fields {
-            headers.append(name.clone(), value.clone());
-        }
-        *req.extensions_mut() = self.extensions.clone();
-        req
     }
 }
 
@@ -198,36 +177,12 @@ fn with_attempts(
 
 #[cfg(test)]
 mod tests {
-    use super::{attempts_value, Head};
+    use super::attempts_value;
 
     #[test]
     fn attempt_counts_render_as_decimal() {
         for n in [0u32, 1, 2, 9, 10, 12, 300] {
             assert_eq!(attempts_value(n), n.to_string().as_str());
         }
-    }
-
-    #[test]
-    fn a_retry_gets_the_head_the_first_attempt_got_repeated_fields_and_all() {
-        let mut first = http::Request::put("http://b/pay?x=1")
-            .version(http::Version::HTTP_11)
-            .header("idempotency-key", "k1")
-            .header("set-thing", "a")
-            .header("set-thing", "b")
-            .body(())
-            .unwrap();
-        first.extensions_mut().insert(7u32);
-        let head = Head::of(&first);
-        // What the path adds to the first attempt is not in the retry's head.
-        first.headers_mut().insert("x-lifeline-timeout-ms", http::HeaderValue::from_static("800"));
-        let again = head.request();
-        assert_eq!(again.method(), http::Method::PUT);
-        assert_eq!(again.uri(), "http://b/pay?x=1");
-        assert_eq!(again.version(), http::Version::HTTP_11);
-        assert_eq!(again.headers()["idempotency-key"], "k1");
-        assert_eq!(again.headers().get_all("set-thing").iter().collect::<Vec<_>>(), ["a", "b"]);
-        assert!(again.headers().get("x-lifeline-timeout-ms").is_none());
-        assert_eq!(again.extensions().get::<u32>(), Some(&7));
-        assert!(http_body::Body::is_end_stream(again.body()));
     }
 }

@@ -115,3 +115,73 @@ async fn a_grace_forward_with_a_key_is_not_resent_after_it_was_sent() {
     assert_eq!(resp.status(), 503);
     assert_eq!(up.hits() - before, 1, "a marked forward reached the backend once: resolve by query, not resend");
 }
+
+/// Every attempt of a request carries the same request: the caller's fields (a repeated one in
+/// order), one `Host` (the caller's; from `:authority` for an h2c caller), one remaining-time
+/// field, and the whole body. The path below the retry layer borrows the request
+/// instead of consuming a copy, so nothing one attempt wrote into it may leak into the next.
+#[tokio::test]
+async fn every_attempt_sends_the_same_request() {
+    /// Per request: the address of the upstream that got it, its fields, its body.
+    type Seen = Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>, Vec<u8>)>>>;
+    /// An upstream that records what it got and answers 503 to its first request, 200 after.
+    async fn recording(seen: Seen) -> Upstream {
+        let me = Arc::new(std::sync::OnceLock::<String>::new());
+        let me2 = me.clone();
+        let up = Upstream::start(Arc::new(move |req: Request<Incoming>| {
+            let (seen, me) = (seen.clone(), me2.clone());
+            Box::pin(async move {
+                use http_body_util::BodyExt;
+                let (parts, body) = req.into_parts();
+                let fields = parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                let mut seen = seen.lock().unwrap();
+                let addr = me.get().cloned().unwrap_or_default();
+                let first = !seen.iter().any(|(a, _, _)| *a == addr);
+                seen.push((addr, fields, body));
+                let status = if first { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+                json(status, &serde_json::json!({}))
+            })
+        }))
+        .await;
+        me.set(up.addr.to_string()).unwrap();
+        up
+    }
+    let seen: Seen = Arc::default();
+    let (a, b) = (recording(seen.clone()).await, recording(seen.clone()).await);
+    let cfg = "retry:\n  attempts: 3\n  backoff: 1ms..2ms\n";
+    let sc = Sidecar::start(&yaml(&[a.addr, b.addr], cfg, "")).await;
+    let payload = br#"{"amount_fen": 1200}"#;
+    let request = || {
+        Request::post(sc.url("/settle"))
+            .header("idempotency-key", "k-same")
+            .header("x-thing", "a")
+            .header("x-thing", "b")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(payload)))
+            .unwrap()
+    };
+    for client in [http1(), http2()] {
+        seen.lock().unwrap().clear();
+        let got = send(&client, request()).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.header("x-lifeline-attempts"), Some("3"), "503 from each endpoint first, then 200");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        for (addr, fields, body) in seen.iter() {
+            let all =
+                |name: &str| fields.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+            let host = all("host");
+            assert_eq!(host.len(), 1, "{fields:?}");
+            assert!(sc.url("/").contains(host[0]), "the caller's Host, not the endpoint's {addr}: {host:?}");
+            assert_eq!(all("x-thing"), ["a", "b"], "{fields:?}");
+            assert_eq!(all("idempotency-key"), ["k-same"]);
+            assert_eq!(all("x-lifeline-timeout-ms").len(), 1, "{fields:?}");
+            assert_eq!(body.as_slice(), payload, "the body is replayed whole");
+        }
+        assert_ne!(seen[0].0, seen[1].0, "the retry went to the endpoint not tried yet");
+    }
+}
