@@ -168,7 +168,7 @@ fn check_request<'a>(
     }
     if head.version() == http::Version::HTTP_11 {
         // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host header gets a 400.
-        let hosts = head.headers().get_all(HOST).iter().count();
+        let hosts = headers::field_count(head.headers(), &HOST);
         if hosts != 1 {
             let msg = if hosts == 0 { "HTTP/1.1 requests need a Host header" } else { "more than one Host header" };
             return Err(LifelineError::new(ErrorKind::BadRequest, msg));
@@ -180,7 +180,7 @@ fn check_request<'a>(
             format!("no route for {} {}", head.method(), mask(uri.path())),
         ));
     };
-    if let Some(len) = head.headers().get(CONTENT_LENGTH) {
+    if let Some(len) = headers::field(head.headers(), &CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
             // 413 before reading a byte when Content-Length already says the body is too large.
             Some(n) if n > route.config.max_body => {
@@ -240,7 +240,7 @@ async fn forward(
 /// Header rewriting for the upstream request.
 fn prepare_upstream(req: &mut Request<ProxyBody>, peer: SocketAddr, request_id: &HeaderValue) {
     // HTTP/2 requests carry the host in :authority; HTTP/1.1 upstreams need a Host header.
-    if !req.headers().contains_key(HOST) {
+    if !headers::has_field(req.headers(), &HOST) {
         if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             req.headers_mut().insert(HOST, v);
         }

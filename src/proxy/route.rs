@@ -50,7 +50,7 @@ pub fn request_host(head: &impl RequestHead) -> Option<&str> {
         .uri()
         .authority()
         .map(|a| a.host())
-        .or_else(|| head.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))?;
+        .or_else(|| super::headers::field(head.headers(), &http::header::HOST).and_then(|h| h.to_str().ok()))?;
     // Strip a port; keep bracketed IPv6 literals whole.
     Some(match raw.rfind(':') {
         Some(i) if !raw.ends_with(']') && raw[..i].rfind(':').is_none() => &raw[..i],

@@ -52,13 +52,13 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 
 /// The caller's own budget, if it sent one. A malformed header is the caller's error.
 fn incoming_budget(headers: &HeaderMap) -> Result<Option<(Duration, bool)>, LifelineError> {
-    if let Some(v) = headers.get(&X_LIFELINE_TIMEOUT_MS) {
+    if let Some(v) = crate::proxy::headers::field(headers, &X_LIFELINE_TIMEOUT_MS) {
         let ms = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
             LifelineError::new(ErrorKind::BadRequest, "x-lifeline-timeout-ms must be a whole number of milliseconds")
         })?;
         return Ok(Some((Duration::from_millis(ms), false)));
     }
-    if let Some(v) = headers.get(&GRPC_TIMEOUT) {
+    if let Some(v) = crate::proxy::headers::field(headers, &GRPC_TIMEOUT) {
         let d = v.to_str().ok().and_then(parse_grpc_timeout).ok_or_else(|| {
             LifelineError::new(ErrorKind::BadRequest, "grpc-timeout must be 1-8 digits and a unit (H, M, S, m, u, n)")
         })?;

@@ -355,7 +355,7 @@ fn encode_head(out: &mut Vec<u8>, req: &Request<ProxyBody>, host: &str, body: &P
     match framing {
         ReqBody::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         ReqBody::Length(0)
-            if !req.headers().contains_key(CONTENT_LENGTH)
+            if !crate::proxy::headers::has_field(req.headers(), &CONTENT_LENGTH)
                 && matches!(
                     *req.method(),
                     Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE

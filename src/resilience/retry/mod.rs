@@ -91,7 +91,7 @@ impl RetryPolicy {
     pub async fn begin(&self, req: &mut ProxyRequest, deadline: Option<Instant>) -> Result<Attempts<'_>, BoxError> {
         self.budget.deposit();
         let resend_safe = (crate::proxy::headers::idempotent(req.method())
-            || req.headers().contains_key(&IDEMPOTENCY_KEY))
+            || crate::proxy::headers::has_field(req.headers(), &IDEMPOTENCY_KEY))
             && req.extensions().get::<crate::proxy::stack::ResendOnlyIfNotSent>().is_none();
         let replay = if self.config.attempts <= 1 {
             // One attempt: the body stays where it is, streamed as it comes.
