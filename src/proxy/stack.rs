@@ -177,7 +177,7 @@ impl RoutePath {
             return self.attempt(&mut req, d, None).await;
         };
         let tried = TriedEndpoints::default();
-        let mut attempts = retry.begin(&mut req, Some(d.at)).await?;
+        let mut attempts = retry.begin(&mut req, &d).await?;
         loop {
             attempts.prepare(&mut req);
             let result = self.attempt(&mut req, d, Some(&tried)).await;
@@ -212,7 +212,7 @@ impl RoutePath {
         let (per_try, cluster) = (self.per_try, &*self.cluster);
         let send = |req| self.target.send(req, tried);
         match &self.limit {
-            Some(limit) => limit.around(|| deadline::attempt(per_try, cluster, d, req, send)).await,
+            Some(limit) => limit.around(&d, || deadline::attempt(per_try, cluster, d, req, send)).await,
             None => deadline::attempt(per_try, cluster, d, req, send).await,
         }
     }

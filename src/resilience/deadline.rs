@@ -7,6 +7,12 @@
 //! upstream how long it has left in the same header the caller used, so a chain of services
 //! shares one deadline instead of each hop starting a fresh timeout (research §3.7: Envoy,
 //! Istio and Linkerd users all ask for this).
+//!
+//! The deadline is one instant, not a timer around the whole path: every wait on the path
+//! ends by it on its own (the attempt's timer, the bulkhead's queue, the read of a body kept
+//! for a replay; a backoff that would cross it is not started). So a request arms one timer,
+//! where a timer around the path and one around the attempt were both polled on every wake of
+//! the request (~900 instructions per request, callgrind, session 21).
 
 use std::future::Future;
 use std::time::Duration;
@@ -27,6 +33,22 @@ pub struct Deadline {
     pub at: Instant,
     /// The caller spoke gRPC: propagate as `grpc-timeout`.
     pub grpc: bool,
+    /// The caller's own budget was shorter than the route's timeout.
+    from_caller: bool,
+    budget: Duration,
+}
+
+impl Deadline {
+    /// The answer for a request whose deadline ran out outside an attempt (`deadline_exceeded`).
+    pub fn expired(&self, cluster: &str) -> BoxError {
+        let whose = if self.from_caller { "the caller's deadline" } else { "the route's timeout" };
+        LifelineError::new(
+            ErrorKind::DeadlineExceeded,
+            format!("{whose} of {:?} ran out (cluster {cluster})", self.budget),
+        )
+        .with_cluster(cluster)
+        .boxed()
+    }
 }
 
 /// Parses `grpc-timeout` (`<1-8 digits><H|M|S|m|u|n>`).
@@ -69,7 +91,8 @@ fn incoming_budget(headers: &HeaderMap) -> Result<Option<(Duration, bool)>, Life
 
 /// Runs `inner` within the request's overall deadline: the route's `timeout`, or the caller's
 /// own budget when that is shorter. `inner` gets the request and the deadline (shared by every
-/// attempt); when the deadline runs out first, the caller gets `deadline_exceeded`.
+/// attempt) and ends every wait by it (see the module's notes); when it runs out, the caller
+/// gets `deadline_exceeded`.
 pub async fn within<F, Fut>(
     timeout: Duration,
     cluster: &str,
@@ -86,19 +109,21 @@ where
         Ok(Some((_, grpc))) => (timeout, grpc, false),
         Ok(None) => (timeout, false, false),
     };
-    let expired = || {
-        let whose = if from_caller { "the caller's deadline" } else { "the route's timeout" };
-        LifelineError::new(ErrorKind::DeadlineExceeded, format!("{whose} of {budget:?} ran out (cluster {cluster})"))
-            .with_cluster(cluster)
-            .boxed()
-    };
+    let deadline = Deadline { at: Instant::now() + budget, grpc, from_caller, budget };
     if budget.is_zero() {
-        return Err(expired());
+        return Err(deadline.expired(cluster));
     }
-    let deadline = Deadline { at: Instant::now() + budget, grpc };
-    match tokio::time::timeout_at(deadline.at, inner(req, deadline)).await {
+    inner(req, deadline).await
+}
+
+/// Runs `wait` (a wait outside an attempt: a body read for a replay) until the deadline.
+pub async fn bounded<T, Fut>(deadline: &Deadline, cluster: &str, wait: Fut) -> Result<T, BoxError>
+where
+    Fut: Future<Output = Result<T, BoxError>>,
+{
+    match tokio::time::timeout_at(deadline.at, wait).await {
         Ok(result) => result,
-        Err(_) => Err(expired()),
+        Err(_) => Err(deadline.expired(cluster)),
     }
 }
 

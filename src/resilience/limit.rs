@@ -16,6 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use super::deadline::Deadline;
 use super::Problems;
 use crate::config::Dur;
 use crate::error::{BoxError, ErrorKind, LifelineError};
@@ -153,6 +154,12 @@ impl Limiter {
 
     /// Takes a slot, waiting in the bounded queue when allowed.
     pub async fn acquire(&self) -> Result<Permit, BoxError> {
+        self.acquire_until(None).await
+    }
+
+    /// [`Limiter::acquire`], waiting no longer than the request's `deadline` when that comes
+    /// before the queue timeout (then the answer is the deadline's, `deadline_exceeded`).
+    pub async fn acquire_until(&self, deadline: Option<&Deadline>) -> Result<Permit, BoxError> {
         let slots = &self.slots;
         if slots.waiting.load(Ordering::SeqCst) == 0 && slots.try_take() {
             return Ok(Permit(slots.clone()));
@@ -167,7 +174,8 @@ impl Limiter {
         // Counted out when this ends, also when the caller goes away while it waits.
         slots.waiting.fetch_add(1, Ordering::SeqCst);
         let _queued = Queued(self);
-        let deadline = tokio::time::Instant::now() + self.config.queue_timeout.0;
+        let queue_end = tokio::time::Instant::now() + self.config.queue_timeout.0;
+        let until = deadline.map_or(queue_end, |d| d.at.min(queue_end));
         let taken = loop {
             let freed = slots.freed.notified();
             tokio::pin!(freed);
@@ -176,25 +184,30 @@ impl Limiter {
             if slots.try_take() {
                 break true;
             }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            if tokio::time::timeout_at(until, freed).await.is_err() {
                 break slots.try_take();
             }
         };
         if taken {
             return Ok(Permit(slots.clone()));
         }
-        self.rejected_wait.increment(1);
-        Err(self.overloaded(&format!("no slot freed within {}", self.config.queue_timeout)))
+        match deadline {
+            Some(d) if d.at < queue_end => Err(d.expired(&self.cluster)),
+            _ => {
+                self.rejected_wait.increment(1);
+                Err(self.overloaded(&format!("no slot freed within {}", self.config.queue_timeout)))
+            }
+        }
     }
 
     /// Runs `call` holding a slot (not at all when none is free), and keeps the slot until the
     /// response body ends or is dropped: a slow download still occupies the backend.
-    pub async fn around<F, Fut>(&self, call: F) -> Result<Response<ProxyBody>, BoxError>
+    pub async fn around<F, Fut>(&self, deadline: &Deadline, call: F) -> Result<Response<ProxyBody>, BoxError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
     {
-        let permit = self.acquire().await?;
+        let permit = self.acquire_until(Some(deadline)).await?;
         let resp = call().await?;
         Ok(resp.map(|b| body::boxed(super::guard::Guarded::new(b, permit))))
     }

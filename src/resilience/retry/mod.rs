@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use self::body::Replay;
 use self::budget::Budget;
 use self::config::RetryConfig;
+use super::deadline::{self, Deadline};
 use super::outcome_of;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, LifelineError};
@@ -87,8 +88,8 @@ impl RetryPolicy {
     /// harmless, and reads a body that fits the replay cap into memory. The request itself
     /// stays with the caller for every attempt (the path below borrows it, and a send that
     /// failed before its first byte leaves it whole), so its head is never copied; each
-    /// attempt's body comes from [`Attempts::prepare`].
-    pub async fn begin(&self, req: &mut ProxyRequest, deadline: Option<Instant>) -> Result<Attempts<'_>, BoxError> {
+    /// attempt's body comes from [`Attempts::prepare`]. Reading the body ends at `deadline`.
+    pub async fn begin(&self, req: &mut ProxyRequest, deadline: &Deadline) -> Result<Attempts<'_>, BoxError> {
         self.budget.deposit();
         let resend_safe = (crate::proxy::headers::idempotent(req.method())
             || crate::proxy::headers::has_field(req.headers(), &IDEMPOTENCY_KEY))
@@ -98,9 +99,16 @@ impl RetryPolicy {
             Replay::Once(None)
         } else {
             let body = std::mem::replace(req.body_mut(), crate::proxy::body::empty());
-            Replay::prepare(body, req.headers(), self.config.max_replay_body).await?
+            let bodyless = http_body::Body::is_end_stream(&body);
+            let read = Replay::prepare(body, req.headers(), self.config.max_replay_body);
+            if bodyless {
+                // Nothing to wait for (no timer armed).
+                read.await?
+            } else {
+                deadline::bounded(deadline, &self.cluster, read).await?
+            }
         };
-        Ok(Attempts { policy: self, replay, resend_safe, deadline, n: 0 })
+        Ok(Attempts { policy: self, replay, resend_safe, deadline: Some(deadline.at), n: 0 })
     }
 }
 
