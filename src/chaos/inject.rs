@@ -18,7 +18,7 @@ use super::fault::FaultKind;
 use super::registry::Faults;
 use super::throttle::Throttled;
 use crate::error::{ErrorKind, LifelineError};
-use crate::proxy::body::{self, ProxyBody, ProxyRequest};
+use crate::proxy::body::{ProxyBody, ProxyRequest};
 use crate::telemetry::names;
 use crate::upstream::{Cluster, Endpoint, SendFailure};
 
@@ -143,7 +143,7 @@ pub async fn send(
         None => {
             let resp = cluster.send(endpoint, req).await?;
             Ok(match plan.bandwidth {
-                Some(rate) => resp.map(|b| body::boxed(Throttled::new(b, rate))),
+                Some(rate) => resp.map(|b| b.wrap(|b| Throttled::new(b, rate))),
                 None => resp,
             })
         }

@@ -486,8 +486,7 @@ impl Conn {
         if mode == Out::UntilClose {
             keep = false;
         }
-        let passed = parts.extensions.get::<Passthrough>();
-        encode_head(&mut self.out, &parts, passed, version, mode, keep);
+        encode_head(&mut self.out, &parts, body.fields(), version, mode, keep);
         drop(parts);
         if mode == Out::Nothing {
             drop(body);

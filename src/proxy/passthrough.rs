@@ -19,6 +19,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Response;
 use smallvec::SmallVec;
 
+use super::body::ProxyBody;
+
 /// The end-to-end fields of an answer, in arrival order, as spans of the head they came in.
 #[derive(Clone, Debug)]
 pub struct Passthrough {
@@ -177,8 +179,8 @@ impl Passthrough {
 
 /// Sets a field on an answer, replacing any the backend sent under that name: in its
 /// [`Passthrough`] when it has one (no map to allocate), in its map otherwise.
-pub fn set_header<B>(resp: &mut Response<B>, name: HeaderName, value: HeaderValue) {
-    match resp.extensions_mut().get_mut::<Passthrough>() {
+pub fn set_header(resp: &mut Response<ProxyBody>, name: HeaderName, value: HeaderValue) {
+    match resp.body_mut().fields_mut() {
         Some(p) => p.set(name, value),
         None => {
             resp.headers_mut().insert(name, value);
@@ -187,11 +189,11 @@ pub fn set_header<B>(resp: &mut Response<B>, name: HeaderName, value: HeaderValu
 }
 
 /// A response field, from the response's map or else from a backend's fields passed through.
-pub fn response_header<'a, B>(resp: &'a Response<B>, name: &HeaderName) -> Option<&'a [u8]> {
+pub fn response_header<'a>(resp: &'a Response<ProxyBody>, name: &HeaderName) -> Option<&'a [u8]> {
     if let Some(v) = resp.headers().get(name) {
         return Some(v.as_bytes());
     }
-    let p = resp.extensions().get::<Passthrough>()?;
+    let p = resp.body().fields()?;
     match p.set.iter().find(|(n, _)| n == name) {
         Some((_, v)) => Some(v.as_bytes()),
         None => p.get(name.as_str()),
@@ -200,8 +202,8 @@ pub fn response_header<'a, B>(resp: &'a Response<B>, name: &HeaderName) -> Optio
 
 /// Moves a backend's fields passed through into the response's map, in front of what is there
 /// (for an encoder that needs a map: h2c).
-pub fn into_map<B>(resp: &mut Response<B>) {
-    if let Some(p) = resp.extensions_mut().remove::<Passthrough>() {
+pub fn into_map(resp: &mut Response<ProxyBody>) {
+    if let Some(p) = resp.body_mut().take_fields() {
         // One map sized for all: growing it on the way was a reallocation per answer.
         let mine = std::mem::replace(resp.headers_mut(), HeaderMap::with_capacity(p.fields.len() + p.set.len() + 2));
         let map = resp.headers_mut();
@@ -311,8 +313,7 @@ mod tests {
 
     #[test]
     fn a_field_set_here_replaces_the_backends_once_and_is_written_after_them() {
-        let mut resp = Response::new(());
-        resp.extensions_mut().insert(sample());
+        let mut resp = Response::new(ProxyBody::carrying(http_body_util::Empty::new(), Some(sample())));
         let name = HeaderName::from_static("x-a");
         set_header(&mut resp, name.clone(), HeaderValue::from_static("mine"));
         set_header(&mut resp, name.clone(), HeaderValue::from_static("mine again"));
@@ -320,26 +321,25 @@ mod tests {
         assert!(resp.headers().is_empty(), "no map was needed");
         assert_eq!(response_header(&resp, &name), Some(&b"mine again"[..]));
         let mut out = Vec::new();
-        resp.extensions().get::<Passthrough>().unwrap().write_h1(&mut out, false);
+        resp.body().fields().unwrap().write_h1(&mut out, false);
         assert_eq!(out, b"Server: x\r\nDATE: d\r\nx-a: mine again\r\nx-b: b\r\n");
         into_map(&mut resp);
         assert_eq!(resp.headers().get_all("x-a").iter().collect::<Vec<_>>(), vec!["mine again"]);
         // Without passthrough fields, the map.
-        let mut plain = Response::new(());
+        let mut plain = Response::new(crate::proxy::body::empty());
         set_header(&mut plain, name.clone(), HeaderValue::from_static("1"));
         assert_eq!(plain.headers()["x-a"], "1");
     }
 
     #[test]
     fn a_map_gets_the_backends_fields_first_and_keeps_its_own_repeated_ones() {
-        let mut resp = Response::new(());
+        let mut resp = Response::new(ProxyBody::carrying(http_body_util::Empty::new(), Some(sample())));
         resp.headers_mut().append("x-mine", HeaderValue::from_static("1"));
         resp.headers_mut().append("x-mine", HeaderValue::from_static("2"));
-        resp.extensions_mut().insert(sample());
         let name = HeaderName::from_static("x-a");
         assert_eq!(response_header(&resp, &name), Some(&b"1"[..]));
         into_map(&mut resp);
-        assert!(resp.extensions().get::<Passthrough>().is_none());
+        assert!(resp.body().fields().is_none());
         let h = resp.headers();
         assert_eq!(h.get_all("x-a").iter().collect::<Vec<_>>(), vec!["1", "2"]);
         assert_eq!(h.get_all("x-mine").iter().collect::<Vec<_>>(), vec!["1", "2"]);

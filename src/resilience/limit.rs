@@ -20,7 +20,7 @@ use super::deadline::Deadline;
 use super::Problems;
 use crate::config::Dur;
 use crate::error::{BoxError, ErrorKind, LifelineError};
-use crate::proxy::body::{self, ProxyBody};
+use crate::proxy::body::ProxyBody;
 use crate::telemetry::names;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -208,8 +208,9 @@ impl Limiter {
         Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
     {
         let permit = self.acquire_until(Some(deadline)).await?;
-        let resp = call().await?;
-        Ok(resp.map(|b| body::boxed(super::guard::Guarded::new(b, permit))))
+        let mut resp = call().await?;
+        resp.body_mut().hold(permit);
+        Ok(resp)
     }
 }
 

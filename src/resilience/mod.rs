@@ -19,7 +19,6 @@ pub mod breaker;
 pub mod config;
 pub mod deadline;
 pub mod failure;
-mod guard;
 pub mod limit;
 pub mod registry;
 pub mod retry;

@@ -499,14 +499,13 @@ fn attach_body<R: Release>(
     if body.framing == Framing::Length(0) {
         body.finish();
     }
-    let mut resp = Response::new(crate::proxy::body::boxed(body));
+    // A backend's answer always has room for what goes with it (the bulkhead's slot too).
+    let (map, fields) =
+        if map_fields { (head.fields.to_map(), None) } else { (http::HeaderMap::new(), Some(head.fields)) };
+    let mut resp = Response::new(ProxyBody::carrying(body, fields));
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
-    if map_fields {
-        *resp.headers_mut() = head.fields.to_map();
-    } else {
-        resp.extensions_mut().insert(head.fields);
-    }
+    *resp.headers_mut() = map;
     Ok(resp)
 }
 

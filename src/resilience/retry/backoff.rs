@@ -24,7 +24,7 @@ pub fn full_jitter(base: Duration, max: Duration, retry: u32) -> Duration {
 /// differ; callers cap what they honour (`retry_after_max`), so a backend clock far ahead
 /// costs a refused retry, not a stuck request. Anything else is ignored.
 /// Read from the answer's map or from the backend's fields passed through.
-pub fn retry_after<B>(resp: &Response<B>) -> Option<Duration> {
+pub fn retry_after(resp: &Response<crate::proxy::body::ProxyBody>) -> Option<Duration> {
     let v = std::str::from_utf8(crate::proxy::passthrough::response_header(resp, &RETRY_AFTER)?).ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -50,7 +50,7 @@ mod tests {
 
     #[test]
     fn parses_delay_seconds_and_http_dates() {
-        let mut r = Response::new(());
+        let mut r = Response::new(crate::proxy::body::empty());
         assert_eq!(retry_after(&r), None);
         let h = r.headers_mut();
         h.insert(RETRY_AFTER, "3".parse().unwrap());
