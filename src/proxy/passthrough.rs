@@ -6,9 +6,10 @@
 //! parse into the map alone 4.6k of 30k instructions). The upstream client reads the fields
 //! once (httparse has checked their bytes: names are tokens, values hold no control character
 //! but tab), drops this hop's, and hands the rest on as spans of the head it read
-//! ([`Passthrough`], in the response's extensions). The HTTP/1.1 server writes them out as they
-//! are, then what Lifeline sets (the request id, the attempt count; kept beside the spans,
-//! replacing a backend field of the same name), then the response's map. The few readers of a backend's field (`Retry-After`) go through
+//! ([`Passthrough`], carried in the answer body's box: [`ProxyBody::fields`]). The HTTP/1.1
+//! server writes them out as they are, then what Lifeline sets (the request id, the attempt
+//! count; kept beside the spans, replacing a backend field of the same name), then the
+//! response's map. The few readers of a backend's field (`Retry-After`) go through
 //! [`response_header`]. An answer for an h2c caller, whose encoder (hyper's) needs a map, gets
 //! one from the upstream client straight away ([`Passthrough::to_map`]: the request's version
 //! says who asked); the h2c server still moves any fields passed through into the map
