@@ -41,65 +41,51 @@ pub struct Carried {
     guard: Option<Permit>,
 }
 
-/// A body that may carry [`Carried`] (only [`Carrying`] does).
+/// A body that may carry [`Carried`].
 pub trait Carrier: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static {
-    fn carried(self: Pin<&mut Self>) -> Option<&mut Carried> {
+    fn carried(self: Pin<&mut Self>) -> Option<&mut Carried>;
+    fn carried_ref(&self) -> Option<&Carried>;
+}
+
+/// Room for what goes with a body: [`Carried`], or `()` for none (no space taken, so an empty
+/// body's box stays zero-sized and allocates nothing).
+trait Room: Send + Sync + 'static {
+    fn room(&mut self) -> Option<&mut Carried>;
+    fn room_ref(&self) -> Option<&Carried>;
+}
+
+impl Room for () {
+    fn room(&mut self) -> Option<&mut Carried> {
         None
     }
-    fn carried_ref(&self) -> Option<&Carried> {
+    fn room_ref(&self) -> Option<&Carried> {
         None
+    }
+}
+
+impl Room for Carried {
+    fn room(&mut self) -> Option<&mut Carried> {
+        Some(self)
+    }
+    fn room_ref(&self) -> Option<&Carried> {
+        Some(self)
     }
 }
 
 pin_project_lite::pin_project! {
-    /// Any body, carrying nothing.
-    struct Plain<B> {
+    /// A body and what goes with it; a slot it holds is given back when the last frame went by.
+    struct Boxed<B, C> {
         #[pin]
         body: B,
+        carried: C,
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A body with what goes with it; the slot is given back when the last frame went by.
-    struct Carrying<B> {
-        #[pin]
-        body: B,
-        carried: Carried,
-    }
-}
-
-impl<B> Body for Plain<B>
+impl<B, C> Body for Boxed<B, C>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().body.poll_frame(cx).map(|f| f.map(|r| r.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl<B> Carrier for Plain<B>
-where
-    B: Body<Data = Bytes> + Send + Sync + 'static,
-    B::Error: Into<BoxError>,
-{
-}
-
-impl<B> Body for Carrying<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
+    C: Room,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -107,9 +93,9 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = this.body.poll_frame(cx);
-        if let Poll::Ready(None) = polled {
+        if let (Poll::Ready(None), Some(carried)) = (&polled, this.carried.room()) {
             // Given back as soon as the last frame went by, not when the connection drops us.
-            this.carried.guard = None;
+            carried.guard = None;
         }
         polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
@@ -123,17 +109,18 @@ where
     }
 }
 
-impl<B> Carrier for Carrying<B>
+impl<B, C> Carrier for Boxed<B, C>
 where
     B: Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
+    C: Room,
 {
     fn carried(self: Pin<&mut Self>) -> Option<&mut Carried> {
-        Some(self.project().carried)
+        self.project().carried.room()
     }
 
     fn carried_ref(&self) -> Option<&Carried> {
-        Some(&self.carried)
+        self.carried.room_ref()
     }
 }
 
@@ -144,7 +131,7 @@ impl ProxyBody {
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        ProxyBody(Box::pin(Carrying { body, carried: Carried { fields, guard: None } }))
+        ProxyBody(Box::pin(Boxed { body, carried: Carried { fields, guard: None } }))
     }
 
     /// The backend's fields passed through, if any.
@@ -168,7 +155,7 @@ impl ProxyBody {
             return;
         }
         let body = std::mem::replace(self, empty());
-        *self = ProxyBody(Box::pin(Carrying { body, carried: Carried { fields: None, guard: Some(permit) } }));
+        *self = ProxyBody(Box::pin(Boxed { body, carried: Carried { fields: None, guard: Some(permit) } }));
     }
 
     /// Wraps the body in `f`, keeping what it carries on the outside.
@@ -178,7 +165,7 @@ impl ProxyBody {
         B::Error: Into<BoxError>,
     {
         let carried = self.0.as_mut().carried().map(std::mem::take).unwrap_or_default();
-        ProxyBody(Box::pin(Carrying { body: f(self), carried }))
+        ProxyBody(Box::pin(Boxed { body: f(self), carried }))
     }
 }
 
@@ -232,7 +219,7 @@ where
     B: Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    ProxyBody(Box::pin(Plain { body }))
+    ProxyBody(Box::pin(Boxed { body, carried: () }))
 }
 
 pin_project_lite::pin_project! {
