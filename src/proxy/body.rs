@@ -32,17 +32,17 @@ pub struct ProxyBody(Pin<Box<dyn Carrier>>);
 
 /// What an answer's body carries to the connection that writes it.
 #[derive(Default)]
-pub struct Carried {
+struct Carried {
     /// A backend's answer fields, passed through as they came (set by the upstream client for
     /// an HTTP/1.x caller, read by the connection that writes the answer).
-    pub fields: Option<Passthrough>,
+    fields: Option<Passthrough>,
     /// Held until the body ends or is dropped (a bulkhead slot: a slow download still occupies
     /// the backend).
     guard: Option<Permit>,
 }
 
 /// A body that may carry [`Carried`].
-pub trait Carrier: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static {
+trait Carrier: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static {
     fn carried(self: Pin<&mut Self>) -> Option<&mut Carried>;
     fn carried_ref(&self) -> Option<&Carried>;
 }

@@ -11,8 +11,8 @@
 //! The deadline is one instant, not a timer around the whole path: every wait on the path
 //! ends by it on its own (the attempt's timer, the bulkhead's queue, the read of a body kept
 //! for a replay; a backoff that would cross it is not started). So a request arms one timer,
-//! where a timer around the path and one around the attempt were both polled on every wake of
-//! the request (~900 instructions per request, callgrind, session 21).
+//! where a timer around the path and one around the attempt were both armed and polled on
+//! every wake of the request (callgrind, session 21: ~300 instructions per request fewer).
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,9 +1,9 @@
 //! The innermost service of every route: pick an endpoint, send, count the outcome.
 //!
 //! A connect failure means nothing left Lifeline, so the request is re-picked at once on
-//! another endpoint of the cluster (even a POST: a send that failed before its first byte leaves the request whole, see
-//! [`super::SendFailure`]), up to once per endpoint. That costs no retry budget: the retry
-//! layer above never sees it.
+//! another endpoint of the cluster (even a POST: a send that failed before its first byte
+//! leaves the request whole, see [`super::SendFailure`]), up to once per endpoint. That costs
+//! no retry budget: the retry layer above never sees it.
 //! Every endpoint tried is appended to the request's [`TriedEndpoints`] (kept across the
 //! request's retries), and the balancer avoids those when it can, so a retry lands somewhere new.
 
