@@ -49,7 +49,8 @@ impl RetryPolicy {
         Arc::new(RetryPolicy { config, budget, cluster: cluster.to_string(), classifier, exhausted })
     }
 
-    /// How long to wait before another attempt, or `None` to give this result to the caller.
+    /// How long to wait before another attempt, or `None` to give this result to the caller
+    /// (attempt `attempt` was not the last allowed: [`Attempts::after`] looked).
     fn next(
         &self,
         attempt: u32,
@@ -57,10 +58,10 @@ impl RetryPolicy {
         result: &Result<Response<ProxyBody>, BoxError>,
         resend_safe: bool,
         replayable: bool,
-        deadline: Option<Instant>,
+        deadline: Instant,
     ) -> Option<Duration> {
         let c = &self.config;
-        if attempt >= c.attempts || !c.retry_on.contains(outcome) || !replayable {
+        if !c.retry_on.contains(outcome) || !replayable {
             return None;
         }
         // A request that may have reached the backend is resent only if that is harmless.
@@ -73,7 +74,7 @@ impl RetryPolicy {
             Some(d) => d,
             None => backoff::full_jitter(c.backoff_base, c.backoff_max, attempt),
         };
-        if deadline.is_some_and(|at| Instant::now() + wait >= at) {
+        if Instant::now() + wait >= deadline {
             return None;
         }
         if !self.budget.withdraw() {
@@ -108,7 +109,7 @@ impl RetryPolicy {
                 deadline::bounded(deadline, &self.cluster, read).await?
             }
         };
-        Ok(Attempts { policy: self, replay, resend_safe, deadline: Some(deadline.at), n: 0 })
+        Ok(Attempts { policy: self, replay, resend_safe, deadline: deadline.at, n: 0 })
     }
 }
 
@@ -119,7 +120,7 @@ pub struct Attempts<'p> {
     policy: &'p RetryPolicy,
     replay: Replay,
     resend_safe: bool,
-    deadline: Option<Instant>,
+    deadline: Instant,
     /// Attempts started so far.
     n: u32,
 }
@@ -141,6 +142,7 @@ impl Attempts<'_> {
         result: Result<Response<ProxyBody>, BoxError>,
     ) -> ControlFlow<Result<Response<ProxyBody>, BoxError>, Duration> {
         let p = self.policy;
+        // The last allowed attempt's result is the answer, whatever it is (not classified).
         if self.n >= p.config.attempts {
             return ControlFlow::Break(with_attempts(result, self.n));
         }
