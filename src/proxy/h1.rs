@@ -462,16 +462,17 @@ impl Conn {
     ) -> io::Result<bool> {
         // The answer goes out at the end of the worker's round: the other connections whose
         // work came in the same batch of events run first, then the answers are written back
-        // to back (tokio wakes a yielded task after its next zero-timeout poll of the reactor,
-        // behind the tasks that poll made ready). Written as each came, a write woke the
-        // caller for one answer, and on a busy machine the caller (and the backend, woken the
-        // same way) preempted this worker: with 256 connections the workers were preempted
-        // 463 times per 1 000 requests (HAProxy 214) and the backend woke 231 times (HAProxy
-        // 119); with the yield 206 and 107 (`bench/cpu_split.py --conns 256 --compare`,
-        // BENCHMARKS.md "Session 17": the counts held in every round, the throughput gain,
-        // 48.4k -> 53.9k requests/s in medians, moved with the host). At a moderate rate a
-        // round holds one answer, and the cost is that one extra poll.
-        tokio::task::yield_now().await;
+        // to back. Written as each came, a write woke the caller for one answer, and on a busy
+        // machine the caller (and the backend, woken the same way) preempted this worker: with
+        // 256 connections the workers were preempted 463 times per 1 000 requests (HAProxy
+        // 214) and the backend woke 231 times (HAProxy 119); waiting for the round, 206 and 107
+        // (`bench/cpu_split.py --conns 256 --compare`, BENCHMARKS.md "Session 17").
+        // The wait is a turn at the back of the worker's queue, not `yield_now`: tokio runs a
+        // yielded task only after a zero-timeout poll of the reactor and a pass of its timer
+        // wheel, which at a moderate rate, where a round often holds one answer, was half an
+        // `epoll_wait` per request for nothing (`bench/syscalls.py --rate 5000`: 1.45 per
+        // request, 0.95 with the turn; HAProxy 1.0, nginx 0.8-1.0; BENCHMARKS.md "Session 22").
+        requeue().await;
         let (parts, mut body) = resp.into_parts();
         let closes_itself = parts.headers.get_all(CONNECTION).iter().any(|v| http1::has_token(v.as_bytes(), "close"));
         let mut keep = keep && !closes_itself;
@@ -944,6 +945,21 @@ impl Body for RequestBody {
             _ => SizeHint::default(),
         }
     }
+}
+
+/// Puts the task at the back of its worker's queue once: the tasks already woken run before it
+/// goes on. Unlike `tokio::task::yield_now`, it does not wait for the next poll of the reactor.
+async fn requeue() {
+    let mut queued = false;
+    poll_fn(|cx| {
+        if queued {
+            return Poll::Ready(());
+        }
+        queued = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 /// HTTP/2 with prior knowledge: hyper's server, with the bytes read so far put back in front.

@@ -339,6 +339,90 @@ async fn a_proxied_request_makes_no_write_syscall() {
     assert!(woke < 20, "proxy workers woke {woke} times in 2 s with no requests");
 }
 
+/// An answer waits for the end of its worker's round by going to the back of the worker's
+/// queue, not by `yield_now`, which tokio resumes only after a zero-timeout poll of the reactor
+/// (`h1::Conn::write_response`). Requests here come one at a time, so each answer is alone in
+/// its round: with the yield, the workers made one zero-timeout `epoll_wait` per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_answer_costs_no_extra_poll_of_the_reactor() {
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sc = ChildSidecar::spawn(dir.path(), &child_yaml(up.addr, "telemetry: { access_log: false }\n"));
+    let client = http1();
+    let once = |n: u32| {
+        let req = Request::get(sc.url(&format!("/p/{n}"))).body(Full::new(Bytes::new())).unwrap();
+        send(&client, req)
+    };
+    for n in 0..20 {
+        assert_eq!(once(n).await.status, 200);
+    }
+    let pid = sc.child.id();
+    let workers = worker_threads(pid);
+    assert!(!workers.is_empty(), "no lifeline-worker threads in /proc/{pid}/task");
+    let trace = dir.path().join("epoll.trace");
+    // scripts/install-deps installs strace.
+    let strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=epoll_wait", "-o"])
+        .arg(&trace)
+        .args(["-p", &pid.to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace");
+    // Attached when the first traced call is written (the workers' timer wakes them at least
+    // once a second).
+    let attached = tokio::time::Instant::now();
+    while std::fs::metadata(&trace).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(attached.elapsed() < Duration::from_secs(10), "strace wrote nothing in 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    const N: u32 = 200;
+    for n in 0..N {
+        assert_eq!(once(n).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(strace.id() as i32), Signal::SIGINT).unwrap();
+    let out = strace.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    // Lines read `TID epoll_wait(FD, [EVENTS], 1024, TIMEOUT) = N`, or, when another thread's
+    // call came in between, `TID epoll_wait(FD,  <unfinished ...>` and later
+    // `TID <... epoll_wait resumed>[EVENTS], 1024, TIMEOUT) = N`.
+    let (mut polls, mut zero_timeout) = (0u32, 0u32);
+    for line in text.lines() {
+        let Some((tid, call)) = line.split_once(' ') else { continue };
+        if !workers.iter().any(|w| w == tid) {
+            continue;
+        }
+        let call = call.trim_start();
+        if call.starts_with("epoll_wait(") {
+            polls += 1;
+        } else if !call.starts_with("<... epoll_wait resumed>") {
+            continue;
+        }
+        let timeout = call.rsplit_once(')').and_then(|(args, _)| args.rsplit(',').next()).map(str::trim);
+        if timeout == Some("0") {
+            zero_timeout += 1;
+        }
+    }
+    assert!(
+        polls >= N,
+        "strace saw {polls} epoll_wait calls of the workers for {N} requests: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(zero_timeout < N / 10, "{zero_timeout} zero-timeout polls (of {polls}) for {N} lone requests");
+}
+
+/// Thread ids (as text) of the process's proxy worker threads.
+fn worker_threads(pid: u32) -> Vec<String> {
+    let mut ids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks").flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("lifeline-worke") {
+            ids.push(task.file_name().to_string_lossy().into_owned());
+        }
+    }
+    ids
+}
+
 /// Times the process's proxy worker threads went to sleep and woke (voluntary context switches).
 fn worker_wakeups(pid: u32) -> u64 {
     let mut n = 0;
