@@ -294,6 +294,34 @@ fn write_syscalls(pid: u32) -> u64 {
     io.lines().find_map(|l| l.strip_prefix("syscw:")).and_then(|v| v.trim().parse().ok()).expect("syscw")
 }
 
+/// A sidecar (access log off) in front of an echo backend, warmed up with 20 requests, for
+/// tests that send requests one at a time and count what the process does per request.
+struct OneAtATime {
+    sidecar: ChildSidecar,
+    client: Client<HttpConnector, Full<Bytes>>,
+    dir: tempfile::TempDir,
+    _backend: Upstream,
+}
+
+impl OneAtATime {
+    async fn start() -> OneAtATime {
+        let backend = Upstream::echo().await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = child_yaml(backend.addr, "telemetry: { access_log: false }\n");
+        let sidecar = ChildSidecar::spawn(dir.path(), &yaml);
+        let one = OneAtATime { sidecar, client: http1(), dir, _backend: backend };
+        for n in 0..20 {
+            one.get(n).await;
+        }
+        one
+    }
+
+    async fn get(&self, n: u32) {
+        let req = Request::get(self.sidecar.url(&format!("/one/{n}"))).body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(send(&self.client, req).await.status, 200);
+    }
+}
+
 /// tokio wakes its I/O driver with a `write` to an eventfd whenever a timer is registered with a
 /// deadline earlier than the driver's next wake, even from the runtime's own running thread
 /// (tokio-rs/tokio#5207), and every proxied request registers two (its deadline and its
@@ -303,23 +331,14 @@ fn write_syscalls(pid: u32) -> u64 {
 /// horizon timer that was 1.5–2 writes per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxied_request_makes_no_write_syscall() {
-    let up = Upstream::echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sc = ChildSidecar::spawn(dir.path(), &child_yaml(up.addr, "telemetry: { access_log: false }\n"));
-    let client = http1();
-    let once = |n: u32| {
-        let req = Request::get(sc.url(&format!("/w/{n}"))).body(Full::new(Bytes::new())).unwrap();
-        send(&client, req)
-    };
-    for n in 0..20 {
-        assert_eq!(once(n).await.status, 200);
-    }
+    let one = OneAtATime::start().await;
+    let sc = &one.sidecar;
     // The control plane writes a few times a second on its own (its timers on the main
     // runtime), so the same time spent idle is the baseline.
     let (started, before) = (tokio::time::Instant::now(), write_syscalls(sc.child.id()));
     const N: u64 = 300;
     for n in 0..N as u32 {
-        assert_eq!(once(n).await.status, 200);
+        one.get(n).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let busy = write_syscalls(sc.child.id()) - before;
@@ -345,21 +364,12 @@ async fn a_proxied_request_makes_no_write_syscall() {
 /// its round: with the yield, the workers made one zero-timeout `epoll_wait` per request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_answer_costs_no_extra_poll_of_the_reactor() {
-    let up = Upstream::echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let sc = ChildSidecar::spawn(dir.path(), &child_yaml(up.addr, "telemetry: { access_log: false }\n"));
-    let client = http1();
-    let once = |n: u32| {
-        let req = Request::get(sc.url(&format!("/p/{n}"))).body(Full::new(Bytes::new())).unwrap();
-        send(&client, req)
-    };
-    for n in 0..20 {
-        assert_eq!(once(n).await.status, 200);
-    }
+    let one = OneAtATime::start().await;
+    let sc = &one.sidecar;
     let pid = sc.child.id();
     let workers = worker_threads(pid);
     assert!(!workers.is_empty(), "no lifeline-worker threads in /proc/{pid}/task");
-    let trace = dir.path().join("epoll.trace");
+    let trace = one.dir.path().join("epoll.trace");
     // scripts/install-deps installs strace.
     let strace = std::process::Command::new("strace")
         .args(["-f", "-qq", "-e", "trace=epoll_wait", "-o"])
@@ -377,7 +387,7 @@ async fn a_lone_answer_costs_no_extra_poll_of_the_reactor() {
     }
     const N: u32 = 200;
     for n in 0..N {
-        assert_eq!(once(n).await.status, 200);
+        one.get(n).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(strace.id() as i32), Signal::SIGINT).unwrap();
