@@ -2,7 +2,7 @@
 """Lifeline-only figures (issue 9): breaker-open fast-fail latency, failover time, grace journal.
 
 Run through bench/run.sh (after the peer comparison) or alone with `bench/run.sh --lifeline-only`.
-Needs target/release/lifeline (run.sh builds it).
+Needs target/release/lifeline, or the build named by LIFELINE_BENCH_BIN (run.sh builds both).
 
   - fast-fail: a cluster whose only endpoint refuses connections, breaker tripped (5 consecutive
     failures, open for 10 minutes); `lifeline load` at a fixed rate measures the 503
@@ -29,7 +29,8 @@ import time
 from bench import wait_port  # bench/bench.py, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIFELINE = os.path.join(ROOT, "target", "release", "lifeline")
+# The build to measure: bench/run.sh sets the profile-guided one (scripts/build-pgo).
+LIFELINE = os.path.abspath(os.environ.get("LIFELINE_BENCH_BIN", os.path.join(ROOT, "target", "release", "lifeline")))
 
 
 def free_port():
@@ -127,7 +128,7 @@ def grace():
 
 def main():
     if not os.path.exists(LIFELINE):
-        sys.exit("target/release/lifeline is missing: run bench/run.sh (it builds it)")
+        sys.exit(f"{LIFELINE} is missing: run bench/run.sh (it builds it)")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res = {"started": started, "machine": f"{os.cpu_count()} CPUs", "fast_fail": fast_fail(), "failover": failover(), "grace": grace()}
     ff, fl = res["fast_fail"]["fast_fail"], res["fast_fail"]["floor_sim_direct"]

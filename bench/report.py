@@ -48,6 +48,13 @@ def fmt(v, spec="{:.0f}"):
     return "–" if v is None else spec.format(v)
 
 
+def rel(path):
+    """A binary's path relative to the checkout when it is inside it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.abspath(path)
+    return os.path.relpath(path, root) if path.startswith(root + os.sep) else path
+
+
 def ratio(a, b):
     return None if a is None or not b else a / b
 
@@ -58,6 +65,11 @@ def tables(raw, args, threads):
     out = []
     out.append(f"Rounds: {args.rounds} (median shown), {args.duration} s per throughput run, "
                f"fixed rate {args.rate} req/s for {args.latency_duration} s; proxies run {threads} worker threads.\n")
+    builds = f"Builds: `lifeline` is {rel(args.lifeline)}"
+    if getattr(args, "compare", None):
+        builds += f", `lifeline-alt` is {rel(args.compare)}"
+    out.append(builds + " (scripts/build-pgo: the profile-guided build the image ships; "
+               "target/release: plain `cargo build --release`).\n")
     out.append("### Max throughput (req/s)\n")
     out.append("| peer | HTTP/1.1 c64 | HTTP/1.1 c256 | h2c c64 | h2c c256 | c64 vs direct |")
     out.append("|---|---:|---:|---:|---:|---:|")
@@ -86,19 +98,19 @@ def tables(raw, args, threads):
                    f"{fmt(med(m[n], 'h1_c64', 'cpu_us_per_req'), '{:.1f}')} | {fmt(med(m[n], 'peak_rss_h1_mib'), '{:.1f}')} | "
                    f"{fmt(med(m[n], 'peak_rss_mib'), '{:.1f}')} |")
     out.append("")
-    if "lifeline" in names:
-        out.append("### Lifeline relative to the peers (>1 is better for throughput, <1 for cost)\n")
+    for me in (x for x in ("lifeline", "lifeline-alt") if x in names):
+        out.append(f"### {me} relative to the peers (>1 is better for throughput, <1 for cost)\n")
         out.append("| vs | HTTP/1.1 c64 | HTTP/1.1 c256 | h2c c64 | h2c c256 | added p99 | CPU/req at rate |")
         out.append("|---|---:|---:|---:|---:|---:|---:|")
         for peer in ("haproxy", "nginx", "haproxy-eq", "nginx-eq"):
             if peer not in names:
                 continue
-            cells = [fmt(ratio(med(m["lifeline"], k, "rps"), med(m[peer], k, "rps")), "{:.2f}")
+            cells = [fmt(ratio(med(m[me], k, "rps"), med(m[peer], k, "rps")), "{:.2f}")
                      for k in ("h1_c64", "h1_c256", "h2_c64", "h2_c256")]
             added = [None if med(m[x], "fixed", "p99_us") is None or base["p99_us"] is None
-                     else med(m[x], "fixed", "p99_us") - base["p99_us"] for x in ("lifeline", peer)]
+                     else med(m[x], "fixed", "p99_us") - base["p99_us"] for x in (me, peer)]
             cells.append(fmt(ratio(added[0], added[1]) if added[1] and added[1] > 0 else None, "{:.2f}"))
-            cells.append(fmt(ratio(med(m["lifeline"], "fixed", "cpu_us_per_req"), med(m[peer], "fixed", "cpu_us_per_req")), "{:.2f}"))
+            cells.append(fmt(ratio(med(m[me], "fixed", "cpu_us_per_req"), med(m[peer], "fixed", "cpu_us_per_req")), "{:.2f}"))
             out.append(f"| {peer} | " + " | ".join(cells) + " |")
         out.append("")
     keys = ("h1_c64", "h1_c256", "h2_c64", "h2_c256", "fixed")

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod build_scripts;
 mod chaos_drill;
 mod chaos_faults;
 mod chaos_proxy;
