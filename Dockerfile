@@ -14,14 +14,10 @@ COPY . .
 # The release profile keeps line tables for profiling; the image does not need them.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_PROFILE_RELEASE_STRIP=symbols
-# Profile-guided (scripts/build-pgo): an instrumented build serves a one-minute training run on
-# loopback (`lifeline demo` under `lifeline load`), then the release build uses the profile;
-# about 15% less user CPU per request at a moderate rate than the plain build (BENCHMARKS.md,
-# "Session 23"). llvm-profdata comes from rustup's llvm-tools.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    scripts/build-pgo \
- && install -D -m 0755 target/pgo/lifeline /out/lifeline \
+    cargo build --release --locked --bin lifeline \
+ && install -D -m 0755 target/release/lifeline /out/lifeline \
  && /out/lifeline --version
 
 # Same Debian release as the build stage, so the glibc the binary links against is there.

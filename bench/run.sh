@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One command for the benchmarks in BENCHMARKS.md:
-#   bench/run.sh           full run: the profile-guided build (scripts/build-pgo, ~10 minutes), then
-#                          3 rounds (~12 minutes) and the Lifeline-only part (~5–8 minutes)
-#   bench/run.sh --quick   smoke run of the plain build (1 round, short runs, ~1.5 minutes; no Lifeline-only part)
+#   bench/run.sh           full run (3 rounds, ~10 minutes, then ~5–8 for the Lifeline-only part)
+#   bench/run.sh --quick   smoke run (1 round, short runs, ~1.5 minutes; no Lifeline-only part)
+#   bench/run.sh --pgo [..] also the profile-guided build (scripts/build-pgo, ~10 minutes more),
+#                          measured as `lifeline` with the plain build as `lifeline-alt`
 #   bench/run.sh --lifeline-only   only breaker fast-fail, failover time and grace journal (~3 min)
 # The full run ends with the Lifeline-only part (bench/lifeline_only.py).
 # Extra flags go to bench/bench.py (--rounds, --duration, --rate, --peers ...).
-# Installs what it needs (Debian packages), builds lifeline (plain and profile-guided), and leaves no
+# Installs what it needs (Debian packages), builds lifeline --release (and with --pgo the
+# profile-guided build), and leaves no
 # process behind (every peer runs in its own process group and is stopped by pid).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,11 +34,18 @@ cargo build --release --quiet
 if [[ "${1:-}" == "--lifeline-only" ]]; then
   exec python3 bench/lifeline_only.py
 fi
-if [[ " $* " == *" --quick "* ]]; then
-  exec python3 bench/bench.py "$@"
+if [[ "${1:-}" == "--pgo" ]]; then
+  # The profile-guided build (scripts/build-pgo) as `lifeline`, the plain one beside it as
+  # `lifeline-alt`; the Lifeline-only figures of the profile-guided one.
+  shift
+  scripts/build-pgo
+  python3 bench/bench.py --lifeline target/pgo/lifeline --compare target/release/lifeline "$@"
+  if [[ " $* " != *" --quick "* ]]; then
+    LIFELINE_BENCH_BIN=target/pgo/lifeline python3 bench/lifeline_only.py
+  fi
+  exit
 fi
-# The full run measures the build the image ships (profile-guided, scripts/build-pgo) as
-# `lifeline`, and the plain `cargo build --release` beside it as `lifeline-alt`.
-scripts/build-pgo
-python3 bench/bench.py --lifeline target/pgo/lifeline --compare target/release/lifeline "$@"
-LIFELINE_BENCH_BIN=target/pgo/lifeline python3 bench/lifeline_only.py
+python3 bench/bench.py "$@"
+if [[ " $* " != *" --quick "* ]]; then
+  python3 bench/lifeline_only.py
+fi
