@@ -2,7 +2,8 @@
 """Lifeline-only figures (issue 9): breaker-open fast-fail latency, failover time, grace journal.
 
 Run through bench/run.sh (after the peer comparison) or alone with `bench/run.sh --lifeline-only`.
-Needs target/release/lifeline, or the build named by LIFELINE_BENCH_BIN (run.sh builds both).
+Needs target/release/lifeline, or the build named by LIFELINE_BENCH_BIN (run.sh builds it; `run.sh --pgo`
+sets the profile-guided one).
 
   - fast-fail: a cluster whose only endpoint refuses connections, breaker tripped (5 consecutive
     failures, open for 10 minutes); `lifeline load` at a fixed rate measures the 503
@@ -29,7 +30,7 @@ import time
 from bench import wait_port  # bench/bench.py, beside this file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The build to measure: bench/run.sh sets the profile-guided one (scripts/build-pgo).
+# The build to measure: `bench/run.sh --pgo` sets the profile-guided one (scripts/build-pgo).
 LIFELINE = os.path.abspath(os.environ.get("LIFELINE_BENCH_BIN", os.path.join(ROOT, "target", "release", "lifeline")))
 
 

@@ -68,8 +68,9 @@ def tables(raw, args, threads):
     builds = f"Builds: `lifeline` is {rel(args.lifeline)}"
     if getattr(args, "compare", None):
         builds += f", `lifeline-alt` is {rel(args.compare)}"
-    out.append(builds + " (target/pgo: the profile-guided build of scripts/build-pgo; "
-               "target/release: plain `cargo build --release`).\n")
+    if "target/pgo" in builds:
+        builds += " (target/pgo: the profile-guided build of scripts/build-pgo)"
+    out.append(builds + ".\n")
     out.append("### Max throughput (req/s)\n")
     out.append("| peer | HTTP/1.1 c64 | HTTP/1.1 c256 | h2c c64 | h2c c256 | c64 vs direct |")
     out.append("|---|---:|---:|---:|---:|---:|")
