@@ -17,8 +17,8 @@
 //!   unread is drained after the answer when it is small, else the connection closes.
 //! - **A caller that hangs up cancels its request** (as hyper did): while a bodyless request
 //!   is in flight the connection watches for end of stream.
-//! - **h2c** (HTTP/2 with prior knowledge) is recognised by its preface and handed to hyper's
-//!   HTTP/2 server with the bytes already read put back in front ([`Rewind`]).
+//! - **h2c** (HTTP/2 with prior knowledge) is recognised by its preface and handed to
+//!   [`super::h2`] with the bytes already read put back in front ([`Rewind`]).
 //!
 //! Framing follows RFC 9112: `Transfer-Encoding` whose last coding is not chunked, or together
 //! with `Content-Length`, and `Content-Length` values that disagree are refused with 400 before
@@ -44,6 +44,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::body::{self, ProxyBody, ProxyRequest};
+use super::h2::PREFACE;
 use super::passthrough::Passthrough;
 use crate::error::{BoxError, ErrorKind, LifelineError};
 use crate::http1::{self, Chunk, Framing, Step, MAX_HEADERS};
@@ -61,12 +62,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEP_IDLE: usize = 8 << 10;
 /// Body frames up to this size are copied behind the head (or chunk line) and written with it.
 const INLINE_BODY: usize = 16 << 10;
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What serves a connection's requests. A request arrives without this hop's fields
 /// (RFC 9110 §7.6.1): HTTP/1.1 ones are dropped while parsing, h2c ones (`te: trailers`, the
-/// only one HTTP/2 lets through) as hyper hands the request over.
+/// only one HTTP/2 lets through) by the h2c server ([`super::h2`]).
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, req: ProxyRequest, peer: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send;
 }
@@ -106,6 +106,11 @@ impl Stop {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Ready once [`Stop::trigger`] is called after this was made.
+    pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 }
 
@@ -157,7 +162,7 @@ pub async fn serve<H: Handler>(stream: TcpStream, peer: SocketAddr, handler: Arc
     let shared = Arc::new(Shared { inbound: Mutex::new(inbound) });
     let mut conn = Conn { shared, wr, out: Vec::new(), serial: 0, idle_timer: None };
     // Boxed once per connection: the HTTP/1.1 path (with the route future inline, several KB)
-    // is not carried by the task of an h2c connection, and hyper's h2 connection is not
+    // is not carried by the task of an h2c connection, and an h2c connection's state is not
     // carried by an HTTP/1.1 one.
     let served = Box::pin(conn.run(&*handler, peer, limits, &stop)).await;
     match served {
@@ -815,6 +820,11 @@ impl DateCache {
     }
 }
 
+/// Runs `f` with the current `Date` value (this thread's, formatted once a second).
+pub(super) fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    DATE_CACHE.with(|d| f(d.borrow_mut().now()))
+}
+
 thread_local! {
     static DATE_CACHE: std::cell::RefCell<DateCache> = const { std::cell::RefCell::new(DateCache { second: 0, text: Vec::new() }) };
     /// Read buffers of this worker's connections that are between requests.
@@ -962,48 +972,13 @@ async fn requeue() {
     .await
 }
 
-/// HTTP/2 with prior knowledge: hyper's server, with the bytes read so far put back in front.
+/// HTTP/2 with prior knowledge ([`super::h2`]), with the bytes read so far put back in front.
 async fn serve_h2<H: Handler>(conn: Conn, peer: SocketAddr, handler: Arc<H>, limits: Limits, stop: &Stop) {
     let Ok(shared) = Arc::try_unwrap(conn.shared) else { return };
     let inbound = shared.inbound.into_inner().unwrap_or_else(|p| p.into_inner());
     let Ok(stream) = inbound.rd.reunite(conn.wr) else { return };
-    let io = hyper_util::rt::TokioIo::new(Rewind { read: inbound.buf.freeze(), io: stream });
-    // hyper runs each stream as a task of its own, and a task's future is moved on spawn and
-    // again when it finishes: boxed, the moves are of a pointer, not of the whole route.
-    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let handler = handler.clone();
-        Box::pin(async move {
-            let (mut parts, incoming) = req.into_parts();
-            super::headers::strip_hop_by_hop(&mut parts.headers);
-            let body = if incoming.is_end_stream() { body::empty() } else { body::boxed(incoming) };
-            let mut resp = handler.call(Box::new(Request::from_parts(parts, body)), peer).await;
-            // hyper's encoder reads a map only.
-            super::passthrough::into_map(&mut resp);
-            Ok::<_, std::convert::Infallible>(resp)
-        })
-    });
-    let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .max_header_list_size(limits.max_header_list_size)
-        .max_concurrent_streams(1024)
-        .serve_connection(io, svc);
-    tokio::pin!(conn);
-    let stopped = stop.notify.notified();
-    tokio::pin!(stopped);
-    if !stop.is_stopping() {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "h2c connection ended with an error");
-                }
-                return;
-            }
-            () = &mut stopped => {}
-        }
-    }
-    conn.as_mut().graceful_shutdown();
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "h2c connection ended with an error");
-    }
+    let io = Rewind { read: inbound.buf.freeze(), io: stream };
+    super::h2::serve(io, peer, handler, limits, stop).await;
 }
 
 /// A socket with bytes already read put back in front of it.

@@ -6,7 +6,9 @@
 
 pub mod body;
 pub mod h1;
+pub mod h2;
 pub mod headers;
+pub mod hpack;
 pub mod passthrough;
 pub mod release;
 pub mod respond;

@@ -10,13 +10,11 @@
 //! server writes them out as they are, then what Lifeline sets (the request id, the attempt
 //! count; kept beside the spans, replacing a backend field of the same name), then the
 //! response's map. The few readers of a backend's field (`Retry-After`) go through
-//! [`response_header`]. An answer for an h2c caller, whose encoder (hyper's) needs a map, gets
-//! one from the upstream client straight away ([`Passthrough::to_map`]: the request's version
-//! says who asked); the h2c server still moves any fields passed through into the map
-//! ([`into_map`]).
+//! [`response_header`]. The h2c server encodes them the same way, straight from the spans
+//! ([`Passthrough::each`], names lowercased as they are written).
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::Response;
 use smallvec::SmallVec;
 
@@ -113,6 +111,22 @@ impl Passthrough {
         self.dated
     }
 
+    /// Whether the answer carries a `Content-Length`.
+    pub fn has_length(&self) -> bool {
+        self.fields.iter().any(|s| s.length)
+    }
+
+    /// Every field, the backend's (names as they came, any case) then those set here, with
+    /// whether its value is sensitive (HPACK never indexes it): what the h2c server encodes.
+    pub fn each(&self, mut field: impl FnMut(&[u8], &[u8], bool)) {
+        for s in &self.fields {
+            field(self.slice(s.name), self.slice(s.value), false);
+        }
+        for (name, value) in &self.set {
+            field(name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive());
+        }
+    }
+
     /// Writes the fields as HTTP/1.1 header lines, the backend's then those set here;
     /// `Content-Length` ones only `with_length`.
     pub fn write_h1(&self, out: &mut Vec<u8>, with_length: bool) {
@@ -151,31 +165,6 @@ impl Passthrough {
     fn slice(&self, (a, b): (u32, u32)) -> &[u8] {
         &self.head[a as usize..b as usize]
     }
-
-    /// The fields in a map of their own, with room for what Lifeline adds (the request id,
-    /// the attempt count) and hyper's h2 encoder looks up with `entry` (`date`,
-    /// `content-length`): a map at capacity grows on such a lookup even when the field is there.
-    pub fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.fields.len() + self.set.len() + 4);
-        self.append_to(&mut map);
-        map
-    }
-
-    /// The fields appended to `map` (names lowercased); values share the head, not copied.
-    fn append_to(&self, map: &mut HeaderMap) {
-        for s in &self.fields {
-            let name = HeaderName::from_bytes(self.slice(s.name));
-            let value = HeaderValue::from_maybe_shared(self.head.slice(s.value.0 as usize..s.value.1 as usize));
-            // The parser checked both; a field that still fails is dropped, not forwarded.
-            if let (Ok(name), Ok(value)) = (name, value) {
-                map.append(name, value);
-            }
-        }
-        // `set` took out the backend's fields of these names: appending replaces nothing.
-        for (name, value) in &self.set {
-            map.append(name.clone(), value.clone());
-        }
-    }
 }
 
 /// Sets a field on an answer, replacing any the backend sent under that name: in its
@@ -198,33 +187,6 @@ pub fn response_header<'a>(resp: &'a Response<ProxyBody>, name: &HeaderName) -> 
     match p.set.iter().find(|(n, _)| n == name) {
         Some((_, v)) => Some(v.as_bytes()),
         None => p.get(name.as_str()),
-    }
-}
-
-/// Moves a backend's fields passed through into the response's map, in front of what is there
-/// (for an encoder that needs a map: h2c).
-pub fn into_map(resp: &mut Response<ProxyBody>) {
-    if let Some(p) = resp.body_mut().take_fields() {
-        // One map sized for all: growing it on the way was a reallocation per answer.
-        let mine = std::mem::replace(resp.headers_mut(), HeaderMap::with_capacity(p.fields.len() + p.set.len() + 2));
-        let map = resp.headers_mut();
-        map.reserve(mine.len());
-        p.append_to(map);
-        let mut last = None;
-        for (name, value) in mine {
-            // `None` repeats the previous name (HeaderMap's IntoIter): appended, not replaced.
-            let name = match name {
-                Some(n) => {
-                    last = Some(n.clone());
-                    n
-                }
-                None => match &last {
-                    Some(n) => n.clone(),
-                    None => continue,
-                },
-            };
-            map.append(name, value);
-        }
     }
 }
 
@@ -324,8 +286,12 @@ mod tests {
         let mut out = Vec::new();
         resp.body().fields().unwrap().write_h1(&mut out, false);
         assert_eq!(out, b"Server: x\r\nDATE: d\r\nx-a: mine again\r\nx-b: b\r\n");
-        into_map(&mut resp);
-        assert_eq!(resp.headers().get_all("x-a").iter().collect::<Vec<_>>(), vec!["mine again"]);
+        let mut each = Vec::new();
+        resp.body().fields().unwrap().each(|n, v, _| each.push((n.to_vec(), v.to_vec())));
+        assert_eq!(
+            each.iter().filter(|(n, _)| n == b"x-a").map(|(_, v)| &v[..]).collect::<Vec<_>>(),
+            vec![b"mine again"]
+        );
         // Without passthrough fields, the map.
         let mut plain = Response::new(crate::proxy::body::empty());
         set_header(&mut plain, name.clone(), HeaderValue::from_static("1"));
@@ -333,19 +299,25 @@ mod tests {
     }
 
     #[test]
-    fn a_map_gets_the_backends_fields_first_and_keeps_its_own_repeated_ones() {
-        let mut resp = Response::new(ProxyBody::carrying(http_body_util::Empty::new(), Some(sample())));
-        resp.headers_mut().append("x-mine", HeaderValue::from_static("1"));
-        resp.headers_mut().append("x-mine", HeaderValue::from_static("2"));
-        let name = HeaderName::from_static("x-a");
-        assert_eq!(response_header(&resp, &name), Some(&b"1"[..]));
-        into_map(&mut resp);
-        assert!(resp.body().fields().is_none());
-        let h = resp.headers();
-        assert_eq!(h.get_all("x-a").iter().collect::<Vec<_>>(), vec!["1", "2"]);
-        assert_eq!(h.get_all("x-mine").iter().collect::<Vec<_>>(), vec!["1", "2"]);
-        assert_eq!(h["date"], "d");
-        assert_eq!(h["content-length"], "2");
-        assert_eq!(h.keys().next().map(|n| n.as_str()), Some("server"));
+    fn each_gives_the_backends_fields_as_they_came_then_those_set_here() {
+        let mut p = sample();
+        p.set(HeaderName::from_static("x-id"), {
+            let mut v = HeaderValue::from_static("42");
+            v.set_sensitive(true);
+            v
+        });
+        let mut each = Vec::new();
+        p.each(|n, v, sensitive| {
+            each.push((String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned(), sensitive))
+        });
+        let names: Vec<&str> = each.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names.first(), Some(&"Server"), "names as they came: {names:?}");
+        assert_eq!(names.last(), Some(&"x-id"));
+        assert_eq!(each.last().map(|f| f.2), Some(true), "a value set sensitive stays so");
+        assert!(each.iter().filter(|f| f.0 != "x-id").all(|f| !f.2));
+        assert!(p.has_date());
+        assert!(p.has_length());
+        p.drop_lengths();
+        assert!(!p.has_length());
     }
 }

@@ -1,10 +1,10 @@
 //! Accept loops.
 //!
 //! The proxy listener ([`serve_proxy`]) runs the HTTP/1.1 server connection of our own
-//! ([`super::h1`]), which hands h2c to hyper. The admin API, the simulators and the chaos
+//! ([`super::h1`]), which hands h2c to ours too ([`super::h2`]). The admin API, the simulators and the chaos
 //! proxy's API ([`serve`], [`serve_shared`]) use one hyper-util `auto` builder for HTTP/1.1 and
 //! h2c: they are not on the request path, and hyper there is an independent check of our own
-//! codec (the simulators answer the proxy's upstream client).
+//! codecs (the simulators answer the proxy's upstream client).
 //!
 //! Shutdown is a parameter (mini-redis style): when `stop` fires the loop stops accepting,
 //! every connection is told to finish gracefully (HTTP/1 closes after its in-flight response,
@@ -151,7 +151,7 @@ async fn hold_timer_horizon() {
 }
 
 /// Serves the proxy listener (one worker's share of it): HTTP/1.1 with the server connection
-/// of our own ([`h1`]), h2c handed to hyper from there. Shutdown as in [`serve_shared`]: when
+/// of our own ([`h1`]), h2c handed to ours from there ([`super::h2`]). Shutdown as in [`serve_shared`]: when
 /// `stop` completes no more connections are taken, idle ones close at once, busy ones after
 /// their answer, and this returns when all are gone or `grace` has passed.
 pub async fn serve_proxy<H: h1::Handler>(

@@ -178,9 +178,6 @@ pub async fn exchange<R: Release>(
     resend: bool,
 ) -> Result<Response<ProxyBody>, Failure> {
     let head_only = req.method() == Method::HEAD;
-    // An h2c caller's answer goes out through hyper's encoder, which reads a map: its fields
-    // go into one here. An HTTP/1.x caller's pass through as they came ([`Passthrough`]).
-    let map_fields = req.version() == Version::HTTP_2;
     let mut body = std::mem::replace(req.body_mut(), crate::proxy::body::empty());
     let resend = resend && body.is_end_stream();
     let framing = encode_head(&mut conn.out, req, host, &body);
@@ -258,7 +255,7 @@ pub async fn exchange<R: Release>(
         }
     }
     drop((unsent, body));
-    read_response(conn, head_only, map_fields, home, resend).await
+    read_response(conn, head_only, home, resend).await
 }
 
 /// What the body of a request that has not been written yet needs to be rebuilt.
@@ -375,7 +372,6 @@ fn encode_head(out: &mut Vec<u8>, req: &Request<ProxyBody>, host: &str, body: &P
 async fn read_response<R: Release>(
     mut conn: Conn,
     head_only: bool,
-    map_fields: bool,
     home: Arc<R>,
     resend: bool,
 ) -> Result<Response<ProxyBody>, Failure> {
@@ -385,7 +381,7 @@ async fn read_response<R: Release>(
             answered = true;
             match parse_head(&mut conn.buf)? {
                 Some(head) if head.status.is_informational() => continue,
-                Some(head) => return attach_body(conn, head, head_only, map_fields, home),
+                Some(head) => return attach_body(conn, head, head_only, home),
                 None => {}
             }
         }
@@ -479,7 +475,6 @@ fn attach_body<R: Release>(
     conn: Conn,
     mut head: Head,
     head_only: bool,
-    map_fields: bool,
     home: Arc<R>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let framing = response_framing(head.status, &head.fields, head.chunked, head_only)
@@ -500,12 +495,9 @@ fn attach_body<R: Release>(
         body.finish();
     }
     // A backend's answer always has room for what goes with it (the bulkhead's slot too).
-    let (map, fields) =
-        if map_fields { (head.fields.to_map(), None) } else { (http::HeaderMap::new(), Some(head.fields)) };
-    let mut resp = Response::new(ProxyBody::carrying(body, fields));
+    let mut resp = Response::new(ProxyBody::carrying(body, Some(head.fields)));
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
-    *resp.headers_mut() = map;
     Ok(resp)
 }
 
