@@ -3,13 +3,15 @@
 
     python3 bench/syscalls.py [--peers lifeline,haproxy,nginx] [--conns 64] [--rate max|N] [--rounds 1]
     python3 bench/syscalls.py --peers lifeline --compare OLD_BINARY --rounds 8 --no-perf   # before/after
+    python3 bench/syscalls.py --peers lifeline,haproxy --h2 --conns 256                      # h2c (h2load)
 
 For each peer: start it fresh (bench/peers.py configs), warm up with wrk for 2 s, then load it
 for 5 s (`--rate max`: wrk -t1; `--rate N`: `lifeline load` at N req/s, open model) while
 `perf stat` counts the syscall tracepoints of the peer's processes. Prints, per request: the
 syscalls that were made at least once, and the user and system CPU time of the peer's processes
 (/proc/PID/stat). Needs `perf` (Debian: linux-perf) and tracepoints readable by the user (root
-here). Without perf it still prints the CPU split (--no-perf).
+here). Without perf it still prints the CPU split (--no-perf). --h2 loads h2c with h2load (one stream per
+connection, as bench.py) in place of wrk; with --rate max only.
 """
 
 import argparse
@@ -36,7 +38,9 @@ def one(name, args, d):
         port = peers.PORTS[name][0]
         bench.wait_port(port, proc=p)
         url = f"http://127.0.0.1:{port}/"
-        subprocess.run(["wrk", "-t1", f"-c{args.conns}", "-d2s", url], capture_output=True, check=True)
+        warm = (["h2load", "-t", "1", "-c", str(args.conns), "-m", "1", "-D", "2", url] if args.h2
+                else ["wrk", "-t1", f"-c{args.conns}", "-d2s", url])
+        subprocess.run(warm, capture_output=True, check=True)
         pids = bench.group_pids(p)
         perf = None
         if not args.no_perf:
@@ -44,7 +48,11 @@ def one(name, args, d):
             perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", ",".join(map(str, pids))],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         u0, s0 = bench.user_system_of(pids)
-        if args.rate == "max":
+        if args.h2:
+            out = subprocess.run(["h2load", "-t", "1", "-c", str(args.conns), "-m", "1", "-D", "5", url],
+                                 capture_output=True, text=True, check=True).stdout
+            n = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+        elif args.rate == "max":
             out = subprocess.run(["wrk", "-t1", f"-c{args.conns}", "-d5s", url], capture_output=True, text=True,
                                  check=True).stdout
             n = int(re.search(r"(\d+) requests in", out).group(1))
@@ -72,10 +80,13 @@ def main():
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--rate", default="max", help="max (wrk) or requests per second (lifeline load)")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--h2", action="store_true", help="h2c from h2load instead of wrk (closed loop)")
     ap.add_argument("--no-perf", action="store_true", help="CPU split only")
     ap.add_argument("--lifeline", default=os.path.join(bench.ROOT, "target/release/lifeline"))
     ap.add_argument("--compare", metavar="BINARY", help="also measure this lifeline build as peer lifeline-alt")
     args = ap.parse_args()
+    if args.h2 and args.rate != "max":
+        ap.error("--h2 measures the closed loop only (--rate max)")
     names = args.peers.split(",") + (["lifeline-alt"] if args.compare else [])
     seen = {name: [] for name in names}
     d = tempfile.mkdtemp(prefix="lifeline-syscalls-")
