@@ -1029,4 +1029,4 @@ impl tokio::io::AsyncWrite for Rewind {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -938,7 +938,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         }
         if !end && !length {
             if let Some(n) = body.size_hint().exact() {
-                hpack::encode_raw(b"content-length", itoa(n, &mut [0; 20]), false, out);
+                hpack::encode_raw(b"content-length", crate::http1::itoa_u64(n, &mut [0; 20]), false, out);
             }
         }
         self.finish_block(at, HEADERS, if end { END_STREAM } else { 0 }, id);
@@ -1297,19 +1297,6 @@ fn field_value(value: Bytes) -> Option<HeaderValue> {
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
-}
-
-/// `n` in decimal, written at the end of `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
 }
 
 /// Removes a DATA or HEADERS frame's padding (RFC 9113 §6.1).

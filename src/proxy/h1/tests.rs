@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 
 use super::*;
 
-type Reply = Box<dyn Fn(Request<ProxyBody>) -> BoxFuture<'static, Response<ProxyBody>> + Send + Sync>;
+/// A route for the tests: what the handler answers (the h2c server's tests use it too).
+pub(in crate::proxy) type Reply =
+    Box<dyn Fn(Request<ProxyBody>) -> BoxFuture<'static, Response<ProxyBody>> + Send + Sync>;
 
 struct FnHandler(Reply);
 
@@ -40,7 +42,7 @@ fn echo() -> Reply {
     })
 }
 
-fn limits() -> Limits {
+pub(in crate::proxy) fn limits() -> Limits {
     Limits {
         max_head: 8 << 10,
         max_header_list_size: 16 << 10,
@@ -49,13 +51,15 @@ fn limits() -> Limits {
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    stop: Arc<Stop>,
-    ended: Arc<AtomicUsize>,
+pub(in crate::proxy) struct Server {
+    pub addr: SocketAddr,
+    pub stop: Arc<Stop>,
+    /// Connections served to their end.
+    pub ended: Arc<AtomicUsize>,
 }
 
-async fn server_with(reply: Reply, limits: Limits) -> Server {
+/// A listener on a loopback port whose connections [`serve`] runs with `reply`.
+pub(in crate::proxy) async fn server_with(reply: Reply, limits: Limits) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handler = Arc::new(FnHandler(reply));

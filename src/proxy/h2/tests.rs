@@ -6,23 +6,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
+use super::super::h1::tests::{limits, server_with, Reply, Server};
 use super::*;
-use crate::proxy::body::ProxyRequest;
-
-type Reply = Box<dyn Fn(Request<ProxyBody>) -> BoxFuture<'static, Response<ProxyBody>> + Send + Sync>;
-
-struct FnHandler(Reply);
-
-impl Handler for FnHandler {
-    fn call(&self, req: ProxyRequest, _peer: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send {
-        (self.0)(*req)
-    }
-}
 
 /// Answers `METHOD URI len=N trailers=T` after reading the whole body; the body is echoed
 /// when the request asks with `echo: 1`.
@@ -46,43 +35,8 @@ fn echo() -> Reply {
     })
 }
 
-fn limits() -> Limits {
-    Limits {
-        max_head: 8 << 10,
-        max_header_list_size: 16 << 10,
-        head_timeout: Duration::from_secs(5),
-        idle_timeout: Duration::from_secs(60),
-    }
-}
-
-struct Server {
-    addr: SocketAddr,
-    stop: Arc<Stop>,
-    ended: Arc<AtomicUsize>,
-}
-
 async fn server(reply: Reply) -> Server {
     server_with(reply, limits()).await
-}
-
-async fn server_with(reply: Reply, limits: Limits) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handler = Arc::new(FnHandler(reply));
-    let stop = Arc::new(Stop::default());
-    let ended = Arc::new(AtomicUsize::new(0));
-    let (s, e) = (stop.clone(), ended.clone());
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = listener.accept().await.unwrap();
-            let (h, s, e) = (handler.clone(), s.clone(), e.clone());
-            tokio::spawn(async move {
-                super::super::h1::serve(stream, peer, h, limits, s).await;
-                e.fetch_add(1, Ordering::SeqCst);
-            });
-        }
-    });
-    Server { addr, stop, ended }
 }
 
 /// An `h2` crate client on a fresh connection.
