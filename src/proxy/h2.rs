@@ -219,6 +219,7 @@ struct Partial {
     block: BytesMut,
 }
 
+/// One h2c connection's state, owned by its task.
 struct Conn<T> {
     io: T,
     rbuf: BytesMut,
@@ -230,8 +231,9 @@ struct Conn<T> {
     streams: HashMap<u32, Stream, BuildHasherDefault<IdHasher>>,
     /// Streams with an answer body to send.
     sending: Vec<u32>,
-    /// Route futures that have finished and whose answers wait for this round's write.
+    /// The highest stream id the client has opened.
     last_id: u32,
+    /// What we may still send on the connection (the client's window).
     send_window: i64,
     /// Connection-level bytes the routes read and not yet given back.
     unreturned: u32,
