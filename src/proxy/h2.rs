@@ -425,9 +425,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 
     fn frame_head(&mut self, len: usize, kind: u8, flags: u8, id: u32) {
-        let len = len as u32;
-        self.wbuf.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
-        self.wbuf.extend_from_slice(&(id & 0x7fff_ffff).to_be_bytes());
+        self.wbuf.extend_from_slice(&frame_head(len, kind, flags, id));
     }
 
     fn window_update(&mut self, id: u32, n: u32) {
@@ -957,19 +955,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     fn finish_block(&mut self, at: usize, kind: u8, flags: u8, id: u32) {
         let len = self.wbuf.len() - at - 9;
         if len <= self.peer_max_frame {
-            let l = len as u32;
-            self.wbuf[at..at + 9].copy_from_slice(&[
-                (l >> 16) as u8,
-                (l >> 8) as u8,
-                l as u8,
-                kind,
-                flags | END_HEADERS,
-                0,
-                0,
-                0,
-                0,
-            ]);
-            self.wbuf[at + 5..at + 9].copy_from_slice(&(id & 0x7fff_ffff).to_be_bytes());
+            self.wbuf[at..at + 9].copy_from_slice(&frame_head(len, kind, flags | END_HEADERS, id));
             return;
         }
         let block = self.wbuf.split_off(at + 9);
@@ -1299,6 +1285,13 @@ fn field_value(value: Bytes) -> Option<HeaderValue> {
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
+/// A frame's 9-byte head (RFC 9113 §4.1); `len` is at most a frame's size (24 bits).
+fn frame_head(len: usize, kind: u8, flags: u8, id: u32) -> [u8; 9] {
+    let [_, a, b, c] = (len as u32).to_be_bytes();
+    let [d, e, f, g] = (id & 0x7fff_ffff).to_be_bytes();
+    [a, b, c, kind, flags, d, e, f, g]
 }
 
 /// Removes a DATA or HEADERS frame's padding (RFC 9113 §6.1).

@@ -521,3 +521,23 @@ async fn a_client_sending_past_its_window_is_stopped() {
     }
     assert_eq!(raw.goaway().await, Code::FlowControl as u32);
 }
+
+#[tokio::test]
+async fn an_answer_head_larger_than_a_frame_goes_out_in_continuation_frames() {
+    let big = "v".repeat(40 << 10);
+    let value = big.clone();
+    let srv = server(Box::new(move |_req| {
+        let value = value.clone();
+        Box::pin(async move {
+            let mut resp = Response::new(body::full("ok"));
+            resp.headers_mut().insert("x-big", HeaderValue::from_str(&value).unwrap());
+            resp
+        })
+    }))
+    .await;
+    let mut c = client(srv.addr).await;
+    let (parts, body) = get(&mut c, "/big-head").await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(parts.headers["x-big"], big.as_str());
+    assert_eq!(body, "ok");
+}
