@@ -17,6 +17,8 @@
 //!   unread is drained after the answer when it is small, else the connection closes.
 //! - **A caller that hangs up cancels its request** (as hyper did): while a bodyless request
 //!   is in flight the connection watches for end of stream.
+//! - **A caller that stops reading is cut off** after [`Limits::send_timeout`] without progress
+//!   (nginx's `send_timeout`), which drops the answer and with it its upstream stream.
 //! - **h2c** (HTTP/2 with prior knowledge) is recognised by its preface and handed to
 //!   [`super::h2`] with the bytes already read put back in front ([`Rewind`]).
 //!
@@ -82,12 +84,19 @@ pub struct Limits {
     pub head_timeout: Duration,
     /// A keep-alive connection with no request for this long (up to twice as long) is closed.
     pub idle_timeout: Duration,
+    /// A client that takes none of an answer for this long is cut off (nginx's
+    /// `send_timeout`: measured between two writes that made progress, not over the whole
+    /// answer). Without it a caller that stops reading holds the connection, the answer's
+    /// upstream stream and its buffers for as long as it likes.
+    pub send_timeout: Duration,
 }
 
 impl Limits {
     pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
     /// Envoy's default.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// nginx's default `send_timeout`.
+    pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 }
 
 /// How a worker tells its connections to finish: idle ones close at once, busy ones after
@@ -160,7 +169,7 @@ pub async fn serve<H: Handler>(stream: TcpStream, peer: SocketAddr, handler: Arc
     let inbound =
         Inbound { rd, buf: BytesMut::new(), body: Framing::Done, serial: 0, continue_owed: None, broken: false };
     let shared = Arc::new(Shared { inbound: Mutex::new(inbound) });
-    let mut conn = Conn { shared, wr, out: Vec::new(), serial: 0, idle_timer: None };
+    let mut conn = Conn { shared, wr, out: Vec::new(), serial: 0, idle_timer: None, send_timeout: limits.send_timeout };
     // Boxed once per connection: the HTTP/1.1 path (with the route future inline, several KB)
     // is not carried by the task of an h2c connection, and an h2c connection's state is not
     // carried by an HTTP/1.1 one.
@@ -180,6 +189,7 @@ struct Conn {
     serial: u64,
     /// The idle timer, and how many requests had been served when it was armed.
     idle_timer: Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
+    send_timeout: Duration,
 }
 
 /// Why [`Conn::run`] returned.
@@ -303,7 +313,9 @@ impl Conn {
             }
         };
         match rest {
-            Some(at) => write_all_vectored(&mut self.wr, &CONTINUE[at.min(CONTINUE.len())..], &[]).await,
+            Some(at) => {
+                write_all_vectored(&mut self.wr, &CONTINUE[at.min(CONTINUE.len())..], &[], self.send_timeout).await
+            }
             None => Ok(()),
         }
     }
@@ -560,7 +572,7 @@ impl Conn {
             self.out.extend_from_slice(&data);
         } else {
             let head = std::mem::take(&mut self.out);
-            let result = write_all_vectored(&mut self.wr, &head, &data).await;
+            let result = write_all_vectored(&mut self.wr, &head, &data, self.send_timeout).await;
             self.out = head;
             self.out.clear();
             result?;
@@ -572,7 +584,7 @@ impl Conn {
     }
 
     async fn write_out(&mut self) -> io::Result<()> {
-        let result = write_all_vectored(&mut self.wr, &self.out, &[]).await;
+        let result = write_all_vectored(&mut self.wr, &self.out, &[], self.send_timeout).await;
         self.out.clear();
         result
     }
@@ -861,19 +873,37 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
-/// Writes `a` then `b` whole, in as few writes as the socket allows.
-async fn write_all_vectored(wr: &mut OwnedWriteHalf, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+/// Writes `a` then `b` whole, in as few writes as the socket allows; fails with `TimedOut` when
+/// the socket takes nothing for `timeout` ([`Limits::send_timeout`]). The timer is made only
+/// once a write has to wait.
+async fn write_all_vectored(wr: &mut OwnedWriteHalf, mut a: &[u8], mut b: &[u8], timeout: Duration) -> io::Result<()> {
+    let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
     while !a.is_empty() || !b.is_empty() {
-        let n = poll_fn(|cx| match (a.is_empty(), b.is_empty()) {
-            (false, false) => Pin::new(&mut *wr).poll_write_vectored(cx, &[IoSlice::new(a), IoSlice::new(b)]),
-            (false, true) => Pin::new(&mut *wr).poll_write(cx, a),
-            _ => Pin::new(&mut *wr).poll_write(cx, b),
+        let n = poll_fn(|cx| {
+            let written = match (a.is_empty(), b.is_empty()) {
+                (false, false) => Pin::new(&mut *wr).poll_write_vectored(cx, &[IoSlice::new(a), IoSlice::new(b)]),
+                (false, true) => Pin::new(&mut *wr).poll_write(cx, a),
+                _ => Pin::new(&mut *wr).poll_write(cx, b),
+            };
+            if written.is_pending() {
+                let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the client took none of the answer for {timeout:?}"),
+                    )));
+                }
+            }
+            written
         })
         .await;
         let mut n = match n? {
             0 => return Err(io::ErrorKind::WriteZero.into()),
             n => n,
         };
+        if let Some(timer) = stall.as_mut() {
+            timer.as_mut().reset(Instant::now() + timeout);
+        }
         let from_a = n.min(a.len());
         a = &a[from_a..];
         n -= from_a;

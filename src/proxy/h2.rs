@@ -15,7 +15,9 @@
 //!   Request blocks are decoded in full, dynamic table included.
 //! - **Flow control both ways.** We grant 1 MiB per stream and per connection and give it back
 //!   as the route reads the body (a slow backend slows the client, it does not fill memory); an
-//!   answer's data goes out as the client's windows allow.
+//!   answer's data goes out as the client's windows allow. A client that leaves a stream without
+//!   window, or takes nothing from the socket, for [`Limits::send_timeout`] loses the stream
+//!   (`CANCEL`) or the connection.
 //!
 //! Errors follow RFC 9113 §5.4: a malformed request resets its stream (`PROTOCOL_ERROR`), a
 //! broken connection gets `GOAWAY` with the code and is closed. A client that resets streams
@@ -101,6 +103,7 @@ enum Code {
     StreamClosed = 0x5,
     FrameSize = 0x6,
     RefusedStream = 0x7,
+    Cancel = 0x8,
     Compression = 0x9,
     EnhanceYourCalm = 0xb,
 }
@@ -124,6 +127,7 @@ where
     let stopped = stop.notified();
     let mut stopped = pin!(stopped);
     let mut idle = Box::pin(tokio::time::sleep(limits.idle_timeout));
+    let mut stall_check = Box::pin(tokio::time::sleep(limits.send_timeout));
     let mut opened_at_check = 0u64;
     let mut first = true;
     let ended = poll_fn(|cx| {
@@ -135,6 +139,7 @@ where
             first = false;
             let _ = stopped.as_mut().poll(cx);
             let _ = idle.as_mut().poll(cx);
+            let _ = stall_check.as_mut().poll(cx);
             conn.returns.waker.register(cx.waker());
         }
         if conn.goaway.is_none() && stop.is_stopping() {
@@ -150,6 +155,15 @@ where
             let next = tokio::time::Instant::now() + limits.idle_timeout;
             idle.as_mut().reset(next);
             let _ = idle.as_mut().poll(cx);
+        }
+        // Writes stalled by the client (see `Conn::check_stalls`), checked once a period too.
+        if stall_check.is_elapsed() {
+            if conn.check_stalls() {
+                conn.eof = true;
+                return Poll::Ready(Ok(()));
+            }
+            stall_check.as_mut().reset(tokio::time::Instant::now() + limits.send_timeout);
+            let _ = stall_check.as_mut().poll(cx);
         }
         conn.poll_round(cx, &mut routes, &start)
     })
@@ -202,6 +216,8 @@ struct Stream {
     route: Option<AbortHandle>,
     /// The answer's body while it is being sent.
     out: Option<Outgoing>,
+    /// Waiting for the client's window at the last stall check, with no DATA sent since.
+    stalled: bool,
 }
 
 struct Outgoing {
@@ -226,6 +242,8 @@ struct Conn<T> {
     wbuf: Vec<u8>,
     /// How much of `wbuf` the socket has taken.
     written: usize,
+    /// Frames waiting for the socket at the last stall check, and it has taken none since.
+    stalled: bool,
     decoder: Decoder,
     limits: Limits,
     streams: HashMap<u32, Stream, BuildHasherDefault<IdHasher>>,
@@ -274,6 +292,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             rbuf: BytesMut::with_capacity(READ_SIZE),
             wbuf: Vec::with_capacity(256),
             written: 0,
+            stalled: false,
             decoder: Decoder::new(TABLE_SIZE),
             limits,
             streams: HashMap::default(),
@@ -378,6 +397,40 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         .await;
     }
 
+    /// A client that stops taking what we send ([`Limits::send_timeout`], checked once a
+    /// period, so it acts after one to two periods without progress):
+    /// - a stream whose answer has waited for the client's window (stream or connection) a
+    ///   whole period with nothing sent is reset with `CANCEL`, which lets its upstream go;
+    /// - when the socket itself has taken nothing for a whole period, the answer is `true`:
+    ///   the connection is closed (a `GOAWAY` could not get through either).
+    ///
+    /// Without this, a client that never reads or never opens its windows holds its streams,
+    /// their upstream answers and our buffers for as long as it likes (the "slow read" and
+    /// zero-window attacks, CVE-2019-9511 and -9517).
+    fn check_stalls(&mut self) -> bool {
+        let pending = self.written < self.wbuf.len();
+        if pending && self.stalled {
+            tracing::debug!(timeout = ?self.limits.send_timeout, "h2c client took no frames: connection closed");
+            return true;
+        }
+        self.stalled = pending;
+        let mut cut = Vec::new();
+        for &id in &self.sending {
+            let Some(stream) = self.streams.get_mut(&id) else { continue };
+            let waiting = stream.out.as_ref().is_some_and(|o| !o.pending.is_empty())
+                && (stream.send_window <= 0 || self.send_window <= 0);
+            if waiting && stream.stalled {
+                cut.push(id);
+            }
+            stream.stalled = waiting;
+        }
+        for id in cut {
+            tracing::debug!(stream = id, "h2c client opened no window for its answer: stream reset");
+            self.close_stream(id, Code::Cancel);
+        }
+        false
+    }
+
     /// Done: GOAWAY sent or received, no stream left, everything written.
     fn finished(&self) -> bool {
         (self.goaway.is_some() || self.peer_done) && self.streams.is_empty() && self.written == self.wbuf.len()
@@ -411,7 +464,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         while self.written < self.wbuf.len() {
             match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.written..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Ok(n)) => {
+                    self.written += n;
+                    self.stalled = false;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -1018,6 +1074,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 let chunk = out.pending.split_to(n);
                 let last = out.pending.is_empty() && out.end;
                 stream.send_window -= n as i64;
+                stream.stalled = false;
                 self.send_window -= n as i64;
                 self.frame_head(n, DATA, if last { END_STREAM } else { 0 }, id);
                 self.wbuf.extend_from_slice(&chunk);
@@ -1101,6 +1158,7 @@ impl Stream {
             unreturned: 0,
             route: None,
             out: None,
+            stalled: false,
         }
     }
 

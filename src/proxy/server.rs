@@ -167,6 +167,7 @@ pub async fn serve_proxy<H: h1::Handler>(
         max_header_list_size: limits.max_header_list_size,
         head_timeout: h1::Limits::HEAD_TIMEOUT,
         idle_timeout: h1::Limits::IDLE_TIMEOUT,
+        send_timeout: h1::Limits::SEND_TIMEOUT,
     };
     let stopping = std::sync::Arc::new(h1::Stop::default());
     let _horizon = seat.is_some().then(|| AbortOnDropHandle::new(tokio::spawn(hold_timer_horizon())));

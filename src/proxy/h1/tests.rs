@@ -42,12 +42,41 @@ fn echo() -> Reply {
     })
 }
 
+/// An answer body without end: 64 KiB frames as fast as they are taken. Counts itself in
+/// `dropped` when it goes.
+pub(in crate::proxy) struct Endless(pub Arc<AtomicUsize>);
+
+impl Body for Endless {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        static CHUNK: [u8; 64 << 10] = [b'x'; 64 << 10];
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK)))))
+    }
+}
+
+impl Drop for Endless {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers every request with an [`Endless`] body.
+pub(in crate::proxy) fn endless(dropped: Arc<AtomicUsize>) -> Reply {
+    Box::new(move |_| {
+        let dropped = dropped.clone();
+        Box::pin(async move { Response::new(body::boxed(Endless(dropped))) })
+    })
+}
+
 pub(in crate::proxy) fn limits() -> Limits {
     Limits {
         max_head: 8 << 10,
         max_header_list_size: 16 << 10,
         head_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(60),
+        send_timeout: Duration::from_secs(10),
     }
 }
 
@@ -515,4 +544,45 @@ async fn a_connection_idle_past_its_timeout_is_closed_and_a_busy_one_is_not() {
     assert!(started.elapsed() >= Duration::from_millis(600));
     assert!(idle.closed().await, "idle since its one request: closed");
     assert!(srv.ended.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout_and_a_slow_reader_is_not() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let limits = Limits { send_timeout: Duration::from_secs(1), ..limits() };
+    let srv = server_with(endless(dropped.clone()), limits).await;
+    // A slow reader, all along: 512 KiB every 50 ms. (The kernel reports a full socket
+    // writable again only once half of what it holds has gone, a few MB on loopback, so
+    // "progress" comes in steps of a few hundred ms at this pace.)
+    let mut slow = Client::connect(srv.addr).await;
+    slow.send(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let slow = {
+        let reading = reading.clone();
+        tokio::spawn(async move {
+            let mut chunk = vec![0u8; 512 << 10];
+            while reading.load(Ordering::SeqCst) {
+                tokio::time::timeout(Duration::from_secs(5), slow.s.read_exact(&mut chunk)).await??;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(srv.ended.load(Ordering::SeqCst), 0, "a slow reader keeps its connection");
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    // A client that never reads: its answer fills the socket's buffers, then nothing moves.
+    let started = std::time::Instant::now();
+    let mut stuck = Client::connect(srv.addr).await;
+    stuck.send(b"GET /stuck HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    while srv.ended.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the stalled connection was never cut off");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_secs(1), "cut off before its timeout");
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the stalled answer's body (its upstream) is let go");
+    // The slow reader was served all along.
+    reading.store(false, Ordering::SeqCst);
+    slow.await.unwrap().expect("the slow reader's answer kept coming");
+    assert_eq!(srv.ended.load(Ordering::SeqCst), 1);
 }

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::super::h1::tests::{limits, server_with, Reply, Server};
+use super::super::h1::tests::{endless, limits, server_with, Reply, Server};
 use super::*;
 
 /// Answers `METHOD URI len=N trailers=T` after reading the whole body; the body is echoed
@@ -540,4 +540,64 @@ async fn an_answer_head_larger_than_a_frame_goes_out_in_continuation_frames() {
     assert_eq!(parts.status, 200);
     assert_eq!(parts.headers["x-big"], big.as_str());
     assert_eq!(body, "ok");
+}
+
+#[tokio::test]
+async fn a_stream_left_without_window_is_reset_after_the_send_timeout_and_a_slow_reader_is_not() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let srv =
+        server_with(endless(dropped.clone()), Limits { send_timeout: Duration::from_millis(300), ..limits() }).await;
+    // A slow reader (the `h2` client, giving back 16 KiB every 30 ms) keeps its stream.
+    let c = client(srv.addr).await;
+    let req = Request::get("http://test/slow").body(()).unwrap();
+    let (resp, _) = c.clone().ready().await.unwrap().send_request(req, true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1000) {
+        let chunk = body.data().await.unwrap().unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(dropped.load(Ordering::SeqCst), 0, "a slow reader's stream is not reset");
+    // Dropping the body resets the stream from the client's side: the answer goes then.
+    drop(body);
+    while dropped.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A stream whose window the client never opens (initial window 0) is reset with CANCEL;
+    // the connection goes on.
+    let mut raw = Raw { s: TcpStream::connect(srv.addr).await.unwrap(), buf: Vec::new() };
+    raw.s.write_all(PREFACE).await.unwrap();
+    raw.frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]).await;
+    let started = std::time::Instant::now();
+    raw_get(&mut raw, 1, "/stuck").await;
+    raw.expect(HEADERS, 1).await;
+    let rst = raw.expect(RST_STREAM, 1).await;
+    assert_eq!(rst.payload, (Code::Cancel as u32).to_be_bytes());
+    assert!(started.elapsed() >= Duration::from_millis(300), "reset before its timeout");
+    assert_eq!(dropped.load(Ordering::SeqCst), 2, "the reset stream's answer body (its upstream) is let go");
+    raw.frame(PING, 0, 0, b"12345678").await;
+    let pong = raw.expect(PING, 0).await;
+    assert_eq!((pong.flags, &pong.payload[..]), (ACK, &b"12345678"[..]));
+    assert_eq!(srv.ended.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_disconnected_after_the_send_timeout() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let srv =
+        server_with(endless(dropped.clone()), Limits { send_timeout: Duration::from_millis(300), ..limits() }).await;
+    let mut raw = Raw { s: TcpStream::connect(srv.addr).await.unwrap(), buf: Vec::new() };
+    raw.s.write_all(PREFACE).await.unwrap();
+    // Every window as large as it goes: only the socket can hold the answer back.
+    raw.frame(SETTINGS, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]).await;
+    raw.frame(WINDOW_UPDATE, 0, 0, &(MAX_WINDOW as u32 - DEFAULT_WINDOW as u32).to_be_bytes()).await;
+    let started = std::time::Instant::now();
+    raw_get(&mut raw, 1, "/stuck").await;
+    while srv.ended.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the stalled connection was never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300), "closed before its timeout");
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the stalled answer's body (its upstream) is let go");
 }
