@@ -33,7 +33,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::future::{abortable, AbortHandle, Abortable};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::AtomicWaker;
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TE, TRANSFER_ENCODING, UPGRADE};
@@ -121,9 +120,9 @@ where
 {
     let mut conn = Conn::new(io, limits);
     let mut routes = FuturesUnordered::new();
-    // Boxed: a route future is several KB, and FuturesUnordered and `abortable` each move it
-    // (five copies per request, callgrind) where a box moves a pointer.
-    let start = |id, req| Box::pin(route(&*handler, id, req, peer));
+    // Boxed: a route future is several KB, and FuturesUnordered moves it (five copies per
+    // request with `abortable` around it, callgrind) where a box moves a pointer.
+    let start = |req: Request<ProxyBody>| Box::pin(handler.call(Box::new(req), peer));
     let stopped = stop.notified();
     let mut stopped = pin!(stopped);
     let mut idle = Box::pin(tokio::time::sleep(limits.idle_timeout));
@@ -212,8 +211,8 @@ struct Stream {
     recv_window: i64,
     /// Granted bytes the route has read and we have not given back yet.
     unreturned: u32,
-    /// The route's future, to drop it when the client resets the stream.
-    route: Option<AbortHandle>,
+    /// The route's future is running (in the connection's [`Route`] set).
+    running: bool,
     /// The answer's body while it is being sent.
     out: Option<Outgoing>,
     /// Waiting for the client's window at the last stall check, with no DATA sent since.
@@ -276,6 +275,8 @@ struct Conn<T> {
     resets: u64,
     /// Request bodies' reads, to give their windows back.
     returns: Arc<Returns>,
+    /// A stream whose route was running has ended: its future is to be dropped.
+    dropped_routes: bool,
 }
 
 /// What request bodies read, reported to the connection.
@@ -313,6 +314,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             answered: 0,
             resets: 0,
             returns: Arc::default(),
+            dropped_routes: false,
         };
         // Our SETTINGS (the server preface), then the connection window raised to WINDOW.
         let settings: [(u16, u32); 3] = [(0x3, MAX_STREAMS as u32), (0x4, WINDOW), (0x6, limits.max_header_list_size)];
@@ -327,15 +329,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 
     /// One round: finished routes' answers, window returns, answer bodies, the write, then
     /// reads and the frames they carry, until nothing more can be done now.
-    fn poll_round<F: RouteFuture, S: Fn(u32, Request<ProxyBody>) -> F>(
+    fn poll_round<F: RouteFuture, S: Fn(Request<ProxyBody>) -> Pin<Box<F>>>(
         &mut self,
         cx: &mut Context<'_>,
-        routes: &mut FuturesUnordered<Abortable<F>>,
+        routes: &mut FuturesUnordered<Route<F>>,
         start: &S,
     ) -> Poll<Result<(), ConnError>> {
         loop {
+            if self.dropped_routes {
+                self.dropped_routes = false;
+                self.drop_routes(routes);
+            }
             while let Poll::Ready(Some(done)) = routes.poll_next_unpin(cx) {
-                if let Ok((id, resp)) = done {
+                if let Some((id, resp)) = done {
                     self.answer(id, resp);
                 }
             }
@@ -495,9 +501,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 
     /// Parses the complete frames read so far.
-    fn on_frames<F: RouteFuture, S: Fn(u32, Request<ProxyBody>) -> F>(
+    fn on_frames<F: RouteFuture, S: Fn(Request<ProxyBody>) -> Pin<Box<F>>>(
         &mut self,
-        routes: &mut FuturesUnordered<Abortable<F>>,
+        routes: &mut FuturesUnordered<Route<F>>,
         start: &S,
     ) -> Result<(), ConnError> {
         if !self.greeted {
@@ -647,12 +653,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         }
     }
 
-    fn on_headers<F: RouteFuture, S: Fn(u32, Request<ProxyBody>) -> F>(
+    fn on_headers<F: RouteFuture, S: Fn(Request<ProxyBody>) -> Pin<Box<F>>>(
         &mut self,
         id: u32,
         flags: u8,
         payload: Bytes,
-        routes: &mut FuturesUnordered<Abortable<F>>,
+        routes: &mut FuturesUnordered<Route<F>>,
         start: &S,
     ) -> Result<(), ConnError> {
         if id == 0 || id % 2 == 0 {
@@ -683,12 +689,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         self.on_block(id, flags & END_STREAM != 0, fragment, routes, start)
     }
 
-    fn on_continuation<F: RouteFuture, S: Fn(u32, Request<ProxyBody>) -> F>(
+    fn on_continuation<F: RouteFuture, S: Fn(Request<ProxyBody>) -> Pin<Box<F>>>(
         &mut self,
         id: u32,
         flags: u8,
         payload: &[u8],
-        routes: &mut FuturesUnordered<Abortable<F>>,
+        routes: &mut FuturesUnordered<Route<F>>,
         start: &S,
     ) -> Result<(), ConnError> {
         let Some(mut partial) = self.partial.take() else {
@@ -710,12 +716,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 
     /// A complete header block: a new request, or trailers of one in progress.
-    fn on_block<F: RouteFuture, S: Fn(u32, Request<ProxyBody>) -> F>(
+    fn on_block<F: RouteFuture, S: Fn(Request<ProxyBody>) -> Pin<Box<F>>>(
         &mut self,
         id: u32,
         end_stream: bool,
         block: Bytes,
-        routes: &mut FuturesUnordered<Abortable<F>>,
+        routes: &mut FuturesUnordered<Route<F>>,
         start: &S,
     ) -> Result<(), ConnError> {
         if id <= self.last_id {
@@ -766,10 +772,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         };
         let mut stream = Stream::new(self.peer_initial_window, inbox, end_stream);
         stream.expected = if end_stream { None } else { expected };
-        let (route, abort) = abortable(start(id, req));
-        stream.route = Some(abort);
+        stream.running = true;
         self.streams.insert(id, stream);
-        routes.push(route);
+        routes.push(Route { id, fut: Some(start(req)), waker: None });
         Ok(())
     }
 
@@ -839,10 +844,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             return Err(ConnError(Code::Protocol, "RST_STREAM on an idle stream"));
         }
         if let Some(stream) = self.streams.remove(&id) {
-            if let Some(route) = &stream.route {
+            if stream.running {
                 // Reset while its route ran: what the rapid-reset guard counts.
                 self.resets += 1;
-                route.abort();
+                self.dropped_routes = true;
             }
             let held = stream.fail_inbox();
             self.credit(id, held);
@@ -948,19 +953,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     fn close_stream(&mut self, id: u32, code: Code) {
         self.reset(id, code);
         if let Some(stream) = self.streams.remove(&id) {
-            if let Some(route) = &stream.route {
-                route.abort();
-            }
+            self.dropped_routes |= stream.running;
             let held = stream.fail_inbox();
             self.credit(id, held);
         }
         self.sending.retain(|s| *s != id);
     }
 
+    /// Drops the route futures of streams that ended early (see [`Route`]): one pass over the
+    /// routes running, after a batch of frames with resets.
+    fn drop_routes<F>(&self, routes: &mut FuturesUnordered<Route<F>>) {
+        for route in routes.iter_mut() {
+            if route.fut.is_some() && !self.streams.get(&route.id).is_some_and(|s| s.running) {
+                route.fut = None;
+                if let Some(waker) = route.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
     /// Drops a stream both sides have finished.
     fn maybe_remove(&mut self, id: u32) {
         if let Some(s) = self.streams.get(&id) {
-            if s.remote_closed && s.route.is_none() && s.out.is_none() {
+            if s.remote_closed && !s.running && s.out.is_none() {
                 self.streams.remove(&id);
             }
         }
@@ -969,7 +985,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     /// A route's answer: its head goes out now, its body as the windows allow.
     fn answer(&mut self, id: u32, mut resp: Response<ProxyBody>) {
         let Some(stream) = self.streams.get_mut(&id) else { return };
-        stream.route = None;
+        stream.running = false;
         self.answered += 1;
         // A backend's fields passed through are encoded from their spans (no map), then what
         // is in the response's map (Lifeline's own answers, fields set on the way).
@@ -1156,7 +1172,7 @@ impl Stream {
             send_window: initial_window,
             recv_window: i64::from(WINDOW),
             unreturned: 0,
-            route: None,
+            running: false,
             out: None,
             stalled: false,
         }
@@ -1176,17 +1192,37 @@ impl Stream {
     }
 }
 
-/// A stream's route: its id and its answer.
-trait RouteFuture: Future<Output = (u32, Response<ProxyBody>)> {}
-impl<F: Future<Output = (u32, Response<ProxyBody>)>> RouteFuture for F {}
+/// What a stream's route future answers.
+trait RouteFuture: Future<Output = Response<ProxyBody>> {}
+impl<F: Future<Output = Response<ProxyBody>>> RouteFuture for F {}
 
-async fn route<H: Handler>(
-    handler: &H,
+/// A stream's route future in the connection's set. When the stream ends early (a reset, an
+/// error) the future is dropped in place ([`Conn::drop_routes`]), which lets its upstream go,
+/// and its waker (kept from the first poll) has the set poll it once more to take it out.
+/// `futures::abortable` did the same with an allocation per stream and a waker registered at
+/// every poll.
+struct Route<F> {
     id: u32,
-    req: Request<ProxyBody>,
-    peer: SocketAddr,
-) -> (u32, Response<ProxyBody>) {
-    (id, handler.call(Box::new(req), peer).await)
+    fut: Option<Pin<Box<F>>>,
+    waker: Option<Waker>,
+}
+
+impl<F: RouteFuture> Future for Route<F> {
+    /// `None` for a route dropped early.
+    type Output = Option<(u32, Response<ProxyBody>)>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Some(fut) = this.fut.as_mut() else { return Poll::Ready(None) };
+        let Poll::Ready(resp) = fut.as_mut().poll(cx) else {
+            if this.waker.is_none() {
+                this.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        };
+        this.fut = None;
+        Poll::Ready(Some((this.id, resp)))
+    }
 }
 
 /// Why a request is not handed to a route.

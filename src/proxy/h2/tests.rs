@@ -601,3 +601,44 @@ async fn a_client_that_reads_nothing_is_disconnected_after_the_send_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(300), "closed before its timeout");
     assert_eq!(dropped.load(Ordering::SeqCst), 1, "the stalled answer's body (its upstream) is let go");
 }
+
+#[tokio::test]
+async fn a_reset_streams_route_is_dropped_and_leaves_the_set_in_the_same_round() {
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, id: u32, payload: &[u8]) {
+        out.extend_from_slice(&frame_head(payload.len(), kind, flags, id));
+        out.extend_from_slice(payload);
+    }
+    let (mut client, server) = tokio::io::duplex(1 << 20);
+    let mut conn = Conn::new(server, limits());
+    let mut routes = FuturesUnordered::new();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let start = |_req| {
+        let guard = DropCount(dropped.clone());
+        Box::pin(async move {
+            let _guard = guard;
+            std::future::pending::<Response<ProxyBody>>().await
+        })
+    };
+    let mut round = async |conn: &mut Conn<_>, routes: &mut _| {
+        poll_fn(|cx| {
+            assert!(conn.poll_round(cx, routes, &start).is_pending(), "the connection goes on");
+            Poll::Ready(())
+        })
+        .await
+    };
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    let f = get_fields("/held");
+    let fields: Vec<(&str, &str)> = f.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 1, &Raw::block(&fields));
+    frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 3, &Raw::block(&fields));
+    client.write_all(&out).await.unwrap();
+    round(&mut conn, &mut routes).await;
+    assert_eq!(routes.len(), 2, "both routes run");
+    out.clear();
+    frame(&mut out, RST_STREAM, 0, 1, &(Code::Cancel as u32).to_be_bytes());
+    client.write_all(&out).await.unwrap();
+    round(&mut conn, &mut routes).await;
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the reset stream's route is dropped");
+    assert_eq!(routes.len(), 1, "and has left the set; the other runs on");
+}
