@@ -46,6 +46,12 @@ pub struct AdminConfig {
 pub struct LimitsConfig {
     pub max_header_bytes: usize,
     pub max_body: u64,
+    #[serde(serialize_with = "ser_dur")]
+    pub client_head_timeout: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub client_idle_timeout: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub client_send_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

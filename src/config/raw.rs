@@ -77,6 +77,19 @@ pub struct RawLimits {
     /// Default 10MiB.
     #[serde(default)]
     pub max_body: Option<Size>,
+    /// A caller's request head must arrive whole within this of its first byte (or of the
+    /// connection's accept); else 408 and the connection closes. Default 30s.
+    #[serde(default)]
+    pub client_head_timeout: Option<Dur>,
+    /// A caller's connection with no request for this long (up to twice as long) is closed
+    /// (h2c: GOAWAY). Default 1h.
+    #[serde(default)]
+    pub client_idle_timeout: Option<Dur>,
+    /// A caller that takes none of its answer for this long is cut off, which lets the answer's
+    /// upstream go (nginx's `send_timeout`); over h2c, a stream left without flow-control
+    /// window this long is reset with CANCEL. Default 60s.
+    #[serde(default)]
+    pub client_send_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -9,6 +9,7 @@ use super::locate::Seg;
 use super::raw::{RawCluster, RawConfig, RawMatch, RawRoute};
 use super::strict::Checker;
 use super::*;
+use crate::proxy::h1::Limits as ClientLimits;
 
 pub(super) fn from_yaml(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     let (raw, locator): (RawConfig, _) = super::strict::parse(file, text)?;
@@ -34,6 +35,21 @@ fn check(c: &mut Checker, raw: RawConfig) -> Config {
         LimitsConfig {
             max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
             max_body: raw.limits.max_body.map(|s| s.0).unwrap_or(10 << 20),
+            client_head_timeout: c.positive(
+                "client_head_timeout",
+                raw.limits.client_head_timeout,
+                ClientLimits::HEAD_TIMEOUT,
+            ),
+            client_idle_timeout: c.positive(
+                "client_idle_timeout",
+                raw.limits.client_idle_timeout,
+                ClientLimits::IDLE_TIMEOUT,
+            ),
+            client_send_timeout: c.positive(
+                "client_send_timeout",
+                raw.limits.client_send_timeout,
+                ClientLimits::SEND_TIMEOUT,
+            ),
         }
     });
     let shutdown = c.key("shutdown", |c| ShutdownConfig {

@@ -71,6 +71,12 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// only one HTTP/2 lets through) by the h2c server ([`super::h2`]).
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, req: ProxyRequest, peer: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send;
+
+    /// The limits of a connection accepted now, from the listener's (`base`); the proxy puts
+    /// in the configured timeouts, so a reload applies to the connections accepted after it.
+    fn limits(&self, base: Limits) -> Limits {
+        base
+    }
 }
 
 /// Limits of one connection.

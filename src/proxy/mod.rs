@@ -105,6 +105,17 @@ impl h1::Handler for Proxy {
     ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send {
         self.handle(req, peer)
     }
+
+    fn limits(&self, base: h1::Limits) -> h1::Limits {
+        let rt = self.runtime.load();
+        let l = &rt.config.limits;
+        h1::Limits {
+            head_timeout: l.client_head_timeout,
+            idle_timeout: l.client_idle_timeout,
+            send_timeout: l.client_send_timeout,
+            ..base
+        }
+    }
 }
 
 /// Requests in flight, one counter per proxy worker (each on its own cache line), so the

@@ -193,6 +193,7 @@ pub async fn serve_proxy<H: h1::Handler>(
                 };
                 let _ = stream.set_nodelay(true);
                 let (handler, stopping, held) = (handler.clone(), stopping.clone(), open_rx.clone());
+                let limits = handler.limits(limits);
                 let open = seat.as_ref().map(Seat::opened);
                 tokio::spawn(async move {
                     h1::serve(stream, peer, handler, limits, stopping).await;

@@ -108,3 +108,17 @@ fn config_schema_is_json_schema_rejecting_unknown_keys() {
     assert_eq!(v["additionalProperties"], serde_json::Value::Bool(false));
     assert!(v["properties"]["clusters"].is_object());
 }
+
+#[test]
+fn client_connection_timeouts_have_defaults_and_zero_is_rejected() {
+    let c = Config::from_yaml("test.yaml", BASE).unwrap();
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(
+        (c.limits.client_head_timeout, c.limits.client_idle_timeout, c.limits.client_send_timeout),
+        (secs(30), secs(3600), secs(60))
+    );
+    let c = Config::from_yaml("test.yaml", &format!("limits: {{ client_send_timeout: 5s }}\n{BASE}")).unwrap();
+    assert_eq!(c.limits.client_send_timeout, secs(5));
+    let e = errors_of(&format!("limits:\n  client_idle_timeout: 0s\n{BASE}"));
+    assert!(e.contains("test.yaml:2:") && e.contains("limits.client_idle_timeout: must be greater than 0"), "{e}");
+}

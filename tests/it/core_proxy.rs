@@ -1,5 +1,7 @@
 //! The proxy path: routing over HTTP/1.1 and h2c, headers, error answers.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -178,4 +180,47 @@ async fn a_backends_fields_pass_through_as_sent_without_this_hops_over_http1_and
     assert!(got.headers.get("x-hop").is_none() && got.headers.get("keep-alive").is_none(), "{:?}", got.headers);
     let ids: Vec<&str> = got.headers.get_all("x-request-id").iter().map(|v| v.to_str().unwrap()).collect();
     assert!(ids.len() == 1 && ids[0] != "from-backend", "{ids:?}");
+}
+
+#[tokio::test]
+async fn client_connection_timeouts_come_from_the_config_and_a_reload_applies_to_new_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo().await;
+    let base = one_cluster_yaml(up.addr);
+    let short = format!("limits: {{ client_head_timeout: 300ms, client_idle_timeout: 300ms }}\n{base}");
+    let sc = Sidecar::start(&short).await;
+    let read_all = |mut s: tokio::net::TcpStream| async move {
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the sidecar kept the connection open");
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    // A head that dawdles past client_head_timeout: 408.
+    let mut s = tokio::net::TcpStream::connect(sc.app.proxy_addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n").await.unwrap();
+    let out = read_all(s).await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    // A connection idle past client_idle_timeout after its answer: closed.
+    let mut s = tokio::net::TcpStream::connect(sc.app.proxy_addr).await.unwrap();
+    s.write_all(b"GET /once HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    let (head, _) = read_answer(&mut s, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let started = std::time::Instant::now();
+    assert_eq!(read_all(s).await, "", "closed without another byte");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // Reloaded without them (defaults: 30 s and 1 h): a connection accepted now waits.
+    sc.write_config(&base);
+    sc.app.reload("test").await.expect("reload");
+    let mut s = tokio::net::TcpStream::connect(sc.app.proxy_addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n").await.unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_secs(1), s.read(&mut byte)).await;
+    assert!(early.is_err(), "answered before the head was complete: {early:?}");
+    s.write_all(b"\r\n").await.unwrap();
+    let (head, _) = read_answer(&mut s, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.write_all(b"GET /again HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    let (head, _) = read_answer(&mut s, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "kept open past 300 ms of idleness: {head}");
 }

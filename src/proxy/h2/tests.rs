@@ -619,7 +619,7 @@ async fn a_reset_streams_route_is_dropped_and_leaves_the_set_in_the_same_round()
             std::future::pending::<Response<ProxyBody>>().await
         })
     };
-    let mut round = async |conn: &mut Conn<_>, routes: &mut _| {
+    let round = async |conn: &mut Conn<_>, routes: &mut _| {
         poll_fn(|cx| {
             assert!(conn.poll_round(cx, routes, &start).is_pending(), "the connection goes on");
             Poll::Ready(())
