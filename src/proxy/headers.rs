@@ -42,7 +42,7 @@ fn hop_by_hop() -> [&'static HeaderName; 9] {
 /// Maps of up to this many fields are searched by walking them: comparing a name with each
 /// field's costs less than hashing it once (callgrind, session 21: a `HeaderMap::get` was
 /// 140–180 instructions on a request of a few fields, and the path made eight lookups).
-const WALK: usize = 12;
+pub(crate) const WALK: usize = 12;
 
 /// The first value of the field `name`.
 pub fn field<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {

@@ -253,7 +253,8 @@ async fn forward(
 /// Header rewriting for the upstream request.
 fn prepare_upstream(req: &mut Request<ProxyBody>, peer: SocketAddr, request_id: &HeaderValue) {
     // HTTP/2 requests carry the host in :authority; HTTP/1.1 upstreams need a Host header.
-    if !headers::has_field(req.headers(), &HOST) {
+    // (An HTTP/1.1 request has exactly one by now: `check_request`.)
+    if req.version() != http::Version::HTTP_11 && !headers::has_field(req.headers(), &HOST) {
         if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             req.headers_mut().insert(HOST, v);
         }

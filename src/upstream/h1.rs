@@ -333,9 +333,10 @@ fn encode_head(out: &mut Vec<u8>, req: &Request<ProxyBody>, host: &str, body: &P
     out.extend_from_slice(b" HTTP/1.1\r\n");
     // Seen on the way rather than looked up: a comparison of standard names per field costs
     // less than hashing the name once.
-    let mut has_host = false;
+    let (mut has_host, mut has_length) = (false, false);
     for (name, value) in req.headers() {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            has_length |= name == CONTENT_LENGTH;
             continue;
         }
         has_host |= name == HOST;
@@ -352,7 +353,7 @@ fn encode_head(out: &mut Vec<u8>, req: &Request<ProxyBody>, host: &str, body: &P
     match framing {
         ReqBody::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         ReqBody::Length(0)
-            if !crate::proxy::headers::has_field(req.headers(), &CONTENT_LENGTH)
+            if !has_length
                 && matches!(
                     *req.method(),
                     Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE

@@ -262,7 +262,7 @@ async fn request_bodies_go_out_with_a_length_when_known_and_chunked_when_not() {
     let home = Arc::new(Home::default());
     let backend = tokio::spawn(async move {
         let mut seen = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             seen.push(read_request(&mut server).await);
             server.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
         }
@@ -287,6 +287,10 @@ async fn request_bodies_go_out_with_a_length_when_known_and_chunked_when_not() {
     let empty = Request::post("/empty").header("host", "b").body(body::empty()).unwrap();
     let resp = send(home.take().unwrap(), empty, home.clone()).await.map_err(failure_text).unwrap();
     collect(resp).await;
+    // A GET that said `Content-Length: 0` says it upstream too (one that did not, does not).
+    let get = Request::get("/zero").header("content-length", "0").header("host", "b").body(body::empty()).unwrap();
+    let resp = send(home.take().unwrap(), get, home.clone()).await.map_err(failure_text).unwrap();
+    collect(resp).await;
 
     let seen = backend.await.unwrap();
     assert_eq!(seen[0], "POST /pay HTTP/1.1\r\nhost: b\r\ncontent-length: 7\r\n\r\n{\"a\":1}");
@@ -296,6 +300,7 @@ async fn request_bodies_go_out_with_a_length_when_known_and_chunked_when_not() {
     );
     assert_eq!(seen[1], chunked);
     assert_eq!(seen[2], "POST /empty HTTP/1.1\r\nhost: b\r\ncontent-length: 0\r\n\r\n");
+    assert_eq!(seen[3], "GET /zero HTTP/1.1\r\nhost: b\r\ncontent-length: 0\r\n\r\n");
 }
 
 /// Sends one GET to a backend that answers `answer` (then closes when `close`), and returns
