@@ -73,7 +73,6 @@ async fn dispatch(
             .boxed());
         }
         list.push(&endpoint.key);
-        let more_endpoints = cluster.shared.endpoints.load().len() > list.len() - start;
         let result = crate::chaos::inject::send(&svc.faults, cluster, svc.route.as_deref(), &endpoint, req).await;
         let outcome = match &result {
             Ok(resp) => classifier.status(resp.status()),
@@ -84,8 +83,11 @@ async fn dispatch(
             // Breaker and retry classify the answer again with the same classifier (a status
             // match costs less than carrying the verdict in the response's extensions).
             Ok(resp) => return Ok(resp),
+            // Whether another endpoint is left is asked only now: a snapshot load per request
+            // for the rare refused connection (~70 instructions, `bench/profile.py`).
             Err(SendFailure { error, unsent: true })
-                if more_endpoints && LifelineError::kind_of(&error) == ErrorKind::ConnectFailed =>
+                if LifelineError::kind_of(&error) == ErrorKind::ConnectFailed
+                    && cluster.shared.endpoints.load().len() > list.len() - start =>
             {
                 tracing::debug!(cluster = cluster.name(), endpoint = %endpoint.key, "connect failed; re-picking");
             }
