@@ -44,13 +44,14 @@ def command(name, d, lifeline):
     return ["taskset", "-c", "0"] + peers.command("lifeline", d, 1, lifeline)
 
 
-def run(name, n, args, d):
-    out = os.path.join(d, f"{name}-{n}.cg")
+def under_valgrind(name, n, args, d, tool_args):
+    """Runs peer `name` (one worker) under `valgrind tool_args` while it serves n requests from
+    `lifeline load` (args.rate, args.conns), then stops it cleanly so valgrind writes its file.
+    Returns the path of valgrind's log."""
     log_path = os.path.join(d, f"{name}-{n}.log")
     cmd = command(name, d, args.lifeline)
     at = 3 if cmd[0] == "taskset" else 0  # valgrind goes after taskset
-    cmd[at:at] = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--cachegrind-out-file={out}"] \
-        + ([f"--D1={args.d1}"] if args.d1 else [])
+    cmd[at:at] = ["valgrind"] + tool_args
     with open(log_path, "w") as log:
         p = bench.start(cmd, log)
         try:
@@ -64,6 +65,13 @@ def run(name, n, args, d):
             p.wait(60)
         finally:
             bench.stop(p)
+    return log_path
+
+
+def run(name, n, args, d):
+    out = os.path.join(d, f"{name}-{n}.cg")
+    log_path = under_valgrind(name, n, args, d, ["--tool=cachegrind", "--cache-sim=yes", f"--cachegrind-out-file={out}"]
+                              + ([f"--D1={args.d1}"] if args.d1 else []))
     text = open(log_path).read()
     found = {"out": out}
     for key, pattern in EVENTS.items():

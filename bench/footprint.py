@@ -21,16 +21,12 @@ lines are the binary's layout (another build, another layout). --by K prints the
 import argparse
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 import cache_sim  # noqa: E402
-import peers  # noqa: E402
 
 LINE = 64
 
@@ -38,25 +34,10 @@ LINE = 64
 def run(name, n, args, d):
     """Serves n requests under callgrind; returns the output file."""
     out = os.path.join(d, f"{name}-{n}.cg")
-    cmd = cache_sim.command(name, d, args.lifeline)
-    at = 3 if cmd[0] == "taskset" else 0  # valgrind goes after taskset
-    cmd[at:at] = ["valgrind", "--tool=callgrind", "--dump-instr=yes", "--dump-line=no",
-                  f"--callgrind-out-file={out}"]
-    with open(os.path.join(d, f"{name}-{n}.log"), "w") as log:
-        p = bench.start(cmd, log)
-        try:
-            port = peers.PORTS[name][0]
-            bench.wait_port(port, timeout=60, proc=p)
-            time.sleep(0.5)
-            subprocess.run([args.lifeline, "load", f"http://127.0.0.1:{port}/", "--rate", str(args.rate),
-                            "--duration", f"{n / args.rate}s", "-c", str(args.conns), "--quiet", "--timeout", "30s"],
-                           check=True, capture_output=True, timeout=n / args.rate + 120)
-            os.kill(p.pid, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)  # nginx: graceful stop
-            p.wait(60)
-        finally:
-            bench.stop(p)
+    log = cache_sim.under_valgrind(name, n, args, d, ["--tool=callgrind", "--dump-instr=yes", "--dump-line=no",
+                                                      f"--callgrind-out-file={out}"])
     if not os.path.exists(out):
-        raise RuntimeError(f"callgrind wrote no {out}; see {d}/{name}-{n}.log")
+        raise RuntimeError(f"callgrind wrote no {out}; see {log}")
     return out
 
 
