@@ -2,20 +2,21 @@
 """The code a request runs, in cache lines: each proxy's per-request instruction footprint.
 
     python3 bench/footprint.py [--peers lifeline,haproxy,nginx] [--requests 2000] [--rate 500]
-                               [--conns 4] [--by 25] [--lifeline BIN]
+                               [--conns 4] [--by 12 [--crates]] [--lifeline BIN] [--keep DIR]
 
 At a moderate rate a proxy's worker wakes for about one request, after the backend and the load
 generator have had the core, so the code of the request is fetched again each time: what it
-costs then depends on how many distinct cache lines of code the request runs, not on how many
-instructions (BENCHMARKS.md, session 23). This counts those lines. Each peer runs one worker
-(the same setup as bench/cache_sim.py) under `valgrind --tool=callgrind --dump-instr=yes` and
-serves N then 3N requests; an instruction's executions per request are the growth between the
-two runs divided by 2N, so start-up and shutdown cancel out. A 64-byte line is "per request"
-when some instruction in it ran at least once per request on average (--min 1.0), and "some
-requests" when at least once in twenty (0.05). "distinct" is the number of instructions that ran
-at least once per request: the code a request runs, where "instructions" is how much it runs. Counted, not timed: user space only, and the
-lines are the binary's layout (another build, another layout). --by K prints the K functions
-(by crate with --crates) holding most of the per-request lines.
+costs then depends on how much distinct code the request runs, not only on how many
+instructions (BENCHMARKS.md, sessions 23 and 26). This counts that code. Each peer runs one
+worker (the same setup as bench/cache_sim.py) under `valgrind --tool=callgrind
+--dump-instr=yes` and serves N then 3N requests; an instruction's executions per request are
+the growth between the two runs divided by 2N, so start-up and shutdown cancel out.
+"distinct" is the number of instructions that ran at least once per request on average
+(--min 1.0): the code a request runs, where "instructions" is how much it runs. "lines" are
+the 64-byte lines that code sits in; "lines (some)" those run by at least one request in twenty
+(0.05). Counted, not timed: user space only, and the lines are the binary's layout (another
+build, another layout). --by K prints the K functions (crates with --crates) holding most of
+the per-request lines.
 """
 
 import argparse
@@ -103,15 +104,9 @@ def per_request(a, b, n):
     return {addr: (x - ca.get(addr, 0)) / (2 * n) for addr, x in cb.items()}, owner
 
 
-def footprint(per, owner, threshold):
-    """Per cache line: the most executions per request of any instruction in it; and its function."""
-    lines = {}
-    for addr, x in per.items():
-        if x >= threshold:
-            ln = addr // LINE
-            if x > lines.get(ln, (0, ""))[0]:
-                lines[ln] = (x, owner.get(addr, "?"))
-    return lines
+def lines_run(per, threshold):
+    """The 64-byte code lines holding an instruction run at least `threshold` times per request."""
+    return {addr // LINE for addr, x in per.items() if x >= threshold}
 
 
 def group(fn, crates):
@@ -144,8 +139,8 @@ def main():
         for name in args.peers.split(","):
             a, b = run(name, n, args, d), run(name, 3 * n, args, d)
             per, owner = per_request(a, b, n)
-            hot = footprint(per, owner, args.min)
-            some = footprint(per, owner, 0.05)
+            hot = lines_run(per, args.min)
+            some = lines_run(per, 0.05)
             total = sum(x for x in per.values() if x > 0)
             distinct = sum(1 for x in per.values() if x >= args.min)
             print(f"{name:10s} {total:12.0f} {distinct:9d} {len(hot):6d} {len(hot) * LINE / 1024:6.1f} "

@@ -42,7 +42,7 @@ fn hop_by_hop() -> [&'static HeaderName; 9] {
 /// Maps of up to this many fields are searched by walking them: comparing a name with each
 /// field's costs less than hashing it once (callgrind, session 21: a `HeaderMap::get` was
 /// 140–180 instructions on a request of a few fields, and the path made eight lookups).
-pub(crate) const WALK: usize = 12;
+const WALK: usize = 12;
 
 /// The first value of the field `name`.
 pub fn field<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
@@ -50,6 +50,27 @@ pub fn field<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a Header
         return headers.get(name);
     }
     headers.iter().find_map(|(n, v)| (n == name).then_some(v))
+}
+
+/// The first values of the fields `a` and `b`, found in one walk of the map (two [`field`]
+/// calls walk it twice).
+pub fn field_pair<'a>(
+    headers: &'a HeaderMap,
+    a: &HeaderName,
+    b: &HeaderName,
+) -> (Option<&'a HeaderValue>, Option<&'a HeaderValue>) {
+    if headers.len() > WALK {
+        return (headers.get(a), headers.get(b));
+    }
+    let (mut va, mut vb) = (None, None);
+    for (n, v) in headers {
+        if va.is_none() && n == a {
+            va = Some(v);
+        } else if vb.is_none() && n == b {
+            vb = Some(v);
+        }
+    }
+    (va, vb)
 }
 
 /// Whether the field `name` is present.

@@ -76,18 +76,7 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 /// `x-lifeline-timeout-ms` wins over `grpc-timeout` when both came; one walk of the fields
 /// finds either (two lookups walked them twice: ~100 instructions per request).
 fn incoming_budget(headers: &HeaderMap) -> Result<Option<(Duration, bool)>, LifelineError> {
-    let (mut ours, mut grpc) = (None, None);
-    if headers.len() > crate::proxy::headers::WALK {
-        (ours, grpc) = (headers.get(&X_LIFELINE_TIMEOUT_MS), headers.get(&GRPC_TIMEOUT));
-    } else {
-        for (name, value) in headers {
-            if ours.is_none() && *name == X_LIFELINE_TIMEOUT_MS {
-                ours = Some(value);
-            } else if grpc.is_none() && *name == GRPC_TIMEOUT {
-                grpc = Some(value);
-            }
-        }
-    }
+    let (ours, grpc) = crate::proxy::headers::field_pair(headers, &X_LIFELINE_TIMEOUT_MS, &GRPC_TIMEOUT);
     if let Some(v) = ours {
         let ms = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
             LifelineError::new(ErrorKind::BadRequest, "x-lifeline-timeout-ms must be a whole number of milliseconds")
@@ -257,8 +246,8 @@ mod tests {
         // Both: Lifeline's own header wins, whichever came first.
         h.insert(&X_LIFELINE_TIMEOUT_MS, "90".parse().unwrap());
         assert_eq!(incoming_budget(&h).unwrap(), Some((Duration::from_millis(90), false)));
-        // A map past the walking size is looked up by hash; the answers are the same.
-        for i in 0..crate::proxy::headers::WALK {
+        // A map past the walking size (12 fields) is looked up by hash; the answers are the same.
+        for i in 0..12 {
             h.insert(http::HeaderName::try_from(format!("x-filler-{i}")).unwrap(), "1".parse().unwrap());
         }
         assert_eq!(incoming_budget(&h).unwrap(), Some((Duration::from_millis(90), false)));
