@@ -28,7 +28,11 @@ import bench  # noqa: E402
 import peers  # noqa: E402
 
 CALLS = ["recvfrom", "sendto", "read", "write", "readv", "writev", "recvmsg", "sendmsg", "epoll_wait",
-         "epoll_pwait", "epoll_ctl", "futex", "accept4", "close"]
+         "epoll_pwait", "epoll_ctl", "futex", "accept4", "close", "brk", "mmap", "munmap", "madvise", "mprotect",
+         "sched_yield", "setsockopt", "getsockopt", "ioctl"]
+# Kernel work that is not a call: page faults and context switches (voluntary: a wait; the rest:
+# preempted).
+SOFTWARE = ["page-faults", "context-switches", "cpu-migrations"]
 
 
 def one(name, args, d):
@@ -44,7 +48,7 @@ def one(name, args, d):
         pids = bench.group_pids(p)
         perf = None
         if not args.no_perf:
-            events = ",".join(f"syscalls:sys_enter_{c}" for c in CALLS)
+            events = ",".join([f"syscalls:sys_enter_{c}" for c in CALLS] + SOFTWARE)
             perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", ",".join(map(str, pids))],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         u0, s0 = bench.user_system_of(pids)

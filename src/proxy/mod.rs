@@ -15,6 +15,7 @@ pub mod respond;
 pub mod route;
 pub mod server;
 pub mod stack;
+pub mod timers;
 pub mod workers;
 
 use std::net::SocketAddr;

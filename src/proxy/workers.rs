@@ -185,8 +185,11 @@ impl Workers {
             keep.push(tx);
             std::thread::Builder::new().name(format!("lifeline-worker-{i}")).spawn(move || {
                 WORKER.with(|w| w.set(Some(i)));
+                super::timers::open();
                 // The runtime runs its tasks while the thread is inside `block_on`.
                 let _ = rt.block_on(rx);
+                // Kept timers belong to this runtime: they go first.
+                super::timers::close();
                 // Dropping the runtime cancels what is left (connections of a dropped app).
                 drop(rt);
             })?;

@@ -191,7 +191,7 @@ where
         .boxed());
     }
     let per_try_binding = per_try.is_some_and(|p| p <= budget);
-    match tokio::time::timeout_at(now + budget, send(req)).await {
+    match crate::proxy::timers::until(now + budget, send(req)).await {
         Ok(result) => result,
         Err(_) => {
             let (kind, what) = if per_try_binding {
