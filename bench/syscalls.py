@@ -8,10 +8,11 @@
 For each peer: start it fresh (bench/peers.py configs), warm up with wrk for 2 s, then load it
 for 5 s (`--rate max`: wrk -t1; `--rate N`: `lifeline load` at N req/s, open model) while
 `perf stat` counts the syscall tracepoints of the peer's processes. Prints, per request: the
-syscalls that were made at least once, and the user and system CPU time of the peer's processes
-(/proc/PID/stat), with the page faults, context switches and CPU migrations perf counted. Needs `perf` (Debian: linux-perf) and tracepoints readable by the user (root
-here). Without perf it still prints the CPU split (--no-perf). --h2 loads h2c with h2load (one stream per
-connection, as bench.py) in place of wrk; with --rate max only.
+syscalls that were made at least once, the page faults, context switches and CPU migrations,
+and the user and system CPU time of the peer's processes (/proc/PID/stat). Needs `perf`
+(Debian: linux-perf) and tracepoints readable by the user (root here). Without perf it still
+prints the CPU split (--no-perf). --h2 loads h2c with h2load (one stream per connection, as
+bench.py) in place of wrk; with --rate max only.
 """
 
 import argparse
