@@ -80,13 +80,6 @@ pub struct Timer {
     home: Option<usize>,
 }
 
-impl Timer {
-    /// The deadline it completes at.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.sleep.as_ref().map(|s| s.deadline())
-    }
-}
-
 impl Future for Timer {
     type Output = ();
 
@@ -101,7 +94,8 @@ impl Future for Timer {
 impl Drop for Timer {
     fn drop(&mut self) {
         let Some(sleep) = self.sleep.take() else { return };
-        if self.home.is_none() || self.home != super::workers::current() {
+        // Off the workers (`home` None) nothing is kept anyway: [`open`] was not called there.
+        if self.home != super::workers::current() {
             return;
         }
         // `try_with`: a timer dropped while the thread's locals are torn down is just dropped.
