@@ -13,8 +13,8 @@
 //! caller's budget) is filed again, as a fresh timer would be.
 //!
 //! Measured (`bench/profile.py --by-crate`, session 27, old and new builds alternated): tokio's
-//! share of a request fell from 3 029–3 056 instructions to 2 864–2 893, about 1% of the
-//! request, and two lock round trips per request are gone.
+//! share of a request fell from 3 029–3 056 instructions to 2 864–2 893 (under 1% of the
+//! request; level in wall-clock time), and two lock round trips per request are gone.
 //!
 //! What a kept timer costs: its memory (`KEEP` at most per worker), and until it is reused or
 //! its old deadline passes it holds the waker of the task that last waited on it (that task's
