@@ -31,8 +31,8 @@ import peers  # noqa: E402
 CALLS = ["recvfrom", "sendto", "read", "write", "readv", "writev", "recvmsg", "sendmsg", "epoll_wait",
          "epoll_pwait", "epoll_ctl", "futex", "accept4", "close", "brk", "mmap", "munmap", "madvise", "mprotect",
          "sched_yield", "setsockopt", "getsockopt", "ioctl"]
-# Kernel work that is not a call: page faults and context switches (voluntary: a wait; the rest:
-# preempted).
+# Kernel work that is not a call: page faults, context switches (waits and preemptions
+# together; cpu_split.py tells them apart) and CPU migrations.
 SOFTWARE = ["page-faults", "context-switches", "cpu-migrations"]
 
 

@@ -215,8 +215,8 @@ mod tests {
             let later_early = ready(&mut t).await;
             t.await;
             let later_at = start.elapsed();
-            // Earlier than the one it was filed at (the wheel had it at 400 ms, fired): the
-            // next one is filed again and fires on time.
+            // The fired timer is filed again at 60 s, then reset to 50 ms, earlier than where
+            // it is filed: filed again there, it fires on time.
             let again = Instant::now();
             let mut t = sleep_until(again + Duration::from_secs(60));
             assert!(!ready(&mut t).await);
