@@ -5,6 +5,7 @@
 //! into an answer through [`respond`], and records the access log line and metrics.
 
 pub mod body;
+pub mod clock;
 pub mod h1;
 pub mod h2;
 pub mod headers;
@@ -21,7 +22,6 @@ pub mod workers;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
@@ -51,7 +51,7 @@ impl Proxy {
     /// step moves a pointer, not the 240-byte request (taking it apart and putting it back
     /// together copied its head eight times per request).
     pub async fn handle(&self, req: ProxyRequest, peer: SocketAddr) -> Response<ProxyBody> {
-        let received = Instant::now();
+        let received = clock::now();
         let _in_flight = InFlight::enter();
         let rt = self.runtime.load_full();
         let request_id = headers::request_id(req.headers());
@@ -73,7 +73,7 @@ impl Proxy {
             // In the map: the server connection reads it there to close after this answer.
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        let elapsed = received.elapsed();
+        let elapsed = clock::now().saturating_duration_since(received);
         if let Some(route) = route {
             route.metrics.duration.record(elapsed.as_secs_f64());
         }

@@ -195,10 +195,11 @@ pub async fn serve_proxy<H: h1::Handler>(
                 let (handler, stopping, held) = (handler.clone(), stopping.clone(), open_rx.clone());
                 let limits = handler.limits(limits);
                 let open = seat.as_ref().map(Seat::opened);
-                tokio::spawn(async move {
+                // The request path reads the clock once per poll of its connection.
+                tokio::spawn(super::clock::Polled::new(async move {
                     h1::serve(stream, peer, handler, limits, stopping).await;
                     drop((held, open));
-                });
+                }));
             }
             () = &mut stop => break,
         }

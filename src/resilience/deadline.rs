@@ -112,7 +112,7 @@ where
         Ok(Some((_, grpc))) => (timeout, grpc, false),
         Ok(None) => (timeout, false, false),
     };
-    let deadline = Deadline { at: Instant::now() + budget, grpc, from_caller, budget };
+    let deadline = Deadline { at: crate::proxy::clock::now() + budget, grpc, from_caller, budget };
     if budget.is_zero() {
         return Err(deadline.expired(cluster));
     }
@@ -174,7 +174,7 @@ where
     F: FnOnce(&'r mut ProxyRequest) -> Fut,
     Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
 {
-    let now = Instant::now();
+    let now = crate::proxy::clock::now();
     let left = deadline.at.saturating_duration_since(now);
     let budget = per_try.map_or(left, |p| left.min(p));
     let ms = budget.as_millis().min(u128::from(u64::MAX)) as u64;

@@ -16,10 +16,11 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Response;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::h1::{self, Conn, Failure};
 use crate::proxy::body::{ProxyBody, ProxyRequest};
@@ -76,7 +77,7 @@ impl h1::Release for ConnPool {
         }
         let mut list = self.slot().lock().unwrap_or_else(|p| p.into_inner());
         if list.len() < self.cfg.max_idle {
-            list.push(Idle { conn, since: Instant::now() });
+            list.push(Idle { conn, since: crate::proxy::clock::now() });
         }
     }
 }
@@ -115,7 +116,7 @@ impl ConnPool {
 
     /// Closes connections idle for longer than `idle_timeout` or already closed by the peer.
     pub fn evict_idle(&self) {
-        let now = Instant::now();
+        let now = crate::proxy::clock::now();
         for slot in self.slots.iter() {
             let mut list = slot.lock().unwrap_or_else(|p| p.into_inner());
             list.retain(|i| now.duration_since(i.since) < self.cfg.idle_timeout && i.conn.is_usable());

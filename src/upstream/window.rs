@@ -37,7 +37,7 @@ impl Window {
 
     fn epoch(&self) -> u64 {
         // +1 so that epoch 0 marks a bucket never written.
-        (Instant::now().saturating_duration_since(self.origin).as_millis() as u64) / self.bucket_ms + 1
+        (crate::proxy::clock::now().saturating_duration_since(self.origin).as_millis() as u64) / self.bucket_ms + 1
     }
 
     pub fn record(&self, ok: bool) {

@@ -38,7 +38,8 @@ impl BreakerStep {
             Admit::No { retry_after } => Err(self.breaker.open_error(retry_after)),
             Admit::Yes { record: false, .. } => call().await,
             Admit::Yes { epoch, probe, .. } => {
-                let pending = Pending { breaker: &self.breaker, epoch, probe, start: Instant::now(), done: false };
+                let pending =
+                    Pending { breaker: &self.breaker, epoch, probe, start: crate::proxy::clock::now(), done: false };
                 let result = call().await;
                 pending.finish(outcome_of(&self.classifier, &result));
                 result
@@ -73,7 +74,7 @@ impl Pending<'_> {
         match counted {
             Some(failed) => {
                 // One clock read for both the slow-call check and the outcome's time.
-                let now = Instant::now();
+                let now = crate::proxy::clock::now();
                 let slow = cfg.slow_call.is_some_and(|d| now.saturating_duration_since(self.start) >= d);
                 self.breaker.record_at(self.epoch, failed, slow, self.probe, now);
             }

@@ -60,7 +60,7 @@ impl Budget {
 
     /// The index of the slot this instant falls in.
     fn index_now(&self) -> u64 {
-        let since = Instant::now().saturating_duration_since(self.origin);
+        let since = crate::proxy::clock::now().saturating_duration_since(self.origin);
         // In u64 nanoseconds (585 years): a u128 division per request costs a library call.
         let nanos = since.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(since.subsec_nanos()));
         nanos / self.slot_nanos
