@@ -213,3 +213,53 @@ pub async fn serve_proxy<H: h1::Handler>(
         () = tokio::time::sleep(grace) => tracing::warn!(listener = "proxy", "grace period over with connections still open"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::body::{self, ProxyBody, ProxyRequest};
+    use http::Response;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads the clock twice 2 ms apart within one poll and answers whether the readings were
+    /// one (`shared`) or two (`fresh`).
+    struct TwoReadings;
+
+    impl h1::Handler for TwoReadings {
+        async fn call(&self, _req: ProxyRequest, _peer: SocketAddr) -> Response<ProxyBody> {
+            let first = crate::proxy::clock::now();
+            let spin = std::time::Instant::now();
+            while spin.elapsed() < Duration::from_millis(2) {
+                std::hint::spin_loop();
+            }
+            let same = crate::proxy::clock::now() == first;
+            Response::new(body::full(if same { "shared" } else { "fresh" }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_proxy_connection_reads_the_clock_once_per_poll() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        let server = tokio::spawn(serve_proxy(
+            listener,
+            std::sync::Arc::new(TwoReadings),
+            ConnLimits::default(),
+            stop,
+            Duration::from_secs(1),
+            None,
+        ));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.expect("write");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.ends_with("shared"), "readings in one poll of a proxy connection are one: {answer}");
+        let _ = stop_tx.send(());
+        server.await.expect("server stopped");
+    }
+}
