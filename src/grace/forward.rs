@@ -17,7 +17,7 @@ use super::outcome::{backoff, cas, finish, park, retry, retry_not_sent};
 use super::request::open_payload;
 use super::store::{Item, State};
 use crate::error::{ErrorKind, LifelineError};
-use crate::proxy::body::{empty, full};
+use crate::proxy::body::{empty, full, Hop, ProxyRequest};
 use crate::telemetry::names;
 
 /// What one forward says about the backend.
@@ -169,10 +169,11 @@ fn call(
         // ISO 20022 PssblDplct / jPOS retransmission flag: the backend may have seen it before.
         h.insert("x-lifeline-possible-duplicate", HeaderValue::from_static("true"));
     }
-    h.insert(crate::proxy::headers::X_REQUEST_ID.clone(), crate::proxy::headers::new_request_id());
     // A forward that may have reached the backend is resolved by query, not resent by retry.
     req.extensions_mut().insert(crate::proxy::stack::ResendOnlyIfNotSent);
-    let fut = super::layer::call(target.service.clone(), Box::new(req));
+    // Its own request id: the caller's went with the caller's attempt.
+    let hop = Hop { peer: None, request_id: Some(crate::proxy::headers::new_request_id()) };
+    let fut = super::layer::call(target.service.clone(), ProxyRequest::with_hop(req, hop));
     Box::pin(async move {
         match fut.await {
             Ok(resp) => {

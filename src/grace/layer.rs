@@ -63,7 +63,8 @@ enum Trigger {
 
 fn handle(engine: Arc<Engine>, inner: HttpService, route: Arc<str>, req: ProxyRequest) -> Fut {
     Box::pin(async move {
-        let (parts, body) = (*req).into_parts();
+        let (req, hop) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let key = request::idempotency_key(&parts.headers)?;
         let require_online = request::require_online(&parts.headers)?;
         let bytes = body.collect().await?.to_bytes();
@@ -80,7 +81,7 @@ fn handle(engine: Arc<Engine>, inner: HttpService, route: Arc<str>, req: ProxyRe
             Trigger::Forced
         } else {
             engine.pacer.note_live();
-            let online = Box::new(Request::from_parts(parts.clone(), full(bytes.clone())));
+            let online = ProxyRequest::with_hop(Request::from_parts(parts.clone(), full(bytes.clone())), hop);
             match inner.serve(online).await {
                 Ok(resp) => return Ok(resp),
                 Err(err) => {

@@ -730,7 +730,7 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Parsed {
         },
         (None, false) => Framing::Done,
     };
-    let mut req = Box::new(Request::new(body::empty()));
+    let mut req = ProxyRequest::new(Request::new(body::empty()));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;

@@ -40,7 +40,7 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::body::{self, ProxyBody};
+use super::body::{self, ProxyBody, ProxyRequest};
 use super::h1::{Handler, Limits, Stop};
 use super::hpack::{self, Decoder, FieldName};
 use crate::error::{BoxError, ErrorKind, LifelineError};
@@ -122,7 +122,7 @@ where
     let mut routes = FuturesUnordered::new();
     // Boxed: a route future is several KB, and FuturesUnordered moves it (five copies per
     // request with `abortable` around it, callgrind) where a box moves a pointer.
-    let start = |req: Request<ProxyBody>| Box::pin(handler.call(Box::new(req), peer));
+    let start = |req: Request<ProxyBody>| Box::pin(handler.call(ProxyRequest::new(req), peer));
     let stopped = stop.notified();
     let mut stopped = pin!(stopped);
     let mut idle = Box::pin(tokio::time::sleep(limits.idle_timeout));

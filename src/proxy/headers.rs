@@ -125,28 +125,39 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
     }
 }
 
-/// Adds the peer to `x-forwarded-for` and sets `x-forwarded-proto` when absent. One lookup
-/// per field (`entry`): a custom name is hashed byte by byte on every lookup.
-pub fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr) {
-    match headers.entry(X_FORWARDED_FOR.clone()) {
-        http::header::Entry::Occupied(mut e) => {
-            let prev = e.get().as_bytes();
-            let value = if prev.trim_ascii().is_empty() {
-                peer_value(peer)
-            } else {
-                with_peer_text(peer, |text| HeaderValue::from_bytes(&[prev, b", ", text].concat()).ok())
-            };
-            if let Some(v) = value {
-                e.insert(v);
-            }
-        }
-        http::header::Entry::Vacant(e) => {
-            if let Some(v) = peer_value(peer) {
-                e.insert(v);
-            }
+/// The fields this hop writes itself when it sends a request upstream ([`Hop`](super::body::Hop)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HopField {
+    ForwardedFor,
+    ForwardedProto,
+    RequestId,
+}
+
+/// Which of this hop's own fields `name` is. Decided on the name's length and bytes rather
+/// than by comparing it with three custom `HeaderName`s, each a separate byte comparison.
+pub fn hop_field(name: &HeaderName) -> Option<HopField> {
+    match name.as_str().as_bytes() {
+        b"x-forwarded-for" => Some(HopField::ForwardedFor),
+        b"x-forwarded-proto" => Some(HopField::ForwardedProto),
+        b"x-request-id" => Some(HopField::RequestId),
+        _ => None,
+    }
+}
+
+/// Writes one `x-forwarded-for` field line: the request's values in order (blank ones left
+/// out), then the peer. Several incoming lines become one list (RFC 9110 §5.3), so a backend
+/// that reads only the first line still sees every hop.
+pub fn put_forwarded_for<'a>(out: &mut Vec<u8>, values: impl IntoIterator<Item = &'a HeaderValue>, peer: IpAddr) {
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for v in values {
+        let v = v.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
         }
     }
-    headers.entry(X_FORWARDED_PROTO.clone()).or_insert_with(|| HeaderValue::from_static("http"));
+    with_peer_text(peer, |text| out.extend_from_slice(text));
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Calls `f` with the peer's address as text, formatted on the stack (an IPv6 address is at
@@ -162,26 +173,6 @@ fn with_peer_text<T>(peer: IpAddr, f: impl FnOnce(&[u8]) -> T) -> T {
         }
     };
     f(&buf[..len])
-}
-
-/// The peer's address as a header value. A sidecar's callers are nearly always one address
-/// (the application beside it, on loopback): each worker keeps the last one it made and hands
-/// out that value again (a reference count) instead of allocating one per request.
-fn peer_value(peer: IpAddr) -> Option<HeaderValue> {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
-    }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        match &*last {
-            Some((ip, v)) if *ip == peer => Some(v.clone()),
-            _ => {
-                let v = with_peer_text(peer, shared_value)?;
-                *last = Some((peer, v.clone()));
-                Some(v)
-            }
-        }
-    })
 }
 
 /// Writes `a.b.c.d` into `buf`; returns its length (at most 15).
@@ -381,27 +372,32 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_append() {
-        let mut h = HeaderMap::new();
-        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
-        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1, 127.0.0.1");
-        assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "http");
-        let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "2001:db8::ffff:1".parse().unwrap());
-        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "2001:db8::ffff:1");
-        // The worker's kept value follows the peer; a caller's proto is left alone.
-        for peer in ["127.0.0.1", "127.0.0.1", "10.1.2.3", "127.0.0.1"] {
-            let mut h = HeaderMap::new();
-            h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-            add_forwarded(&mut h, peer.parse().unwrap());
-            assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), peer);
-            assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "https");
+    fn forwarded_for_lists_the_hops_then_the_peer() {
+        let line = |values: &[&'static str], peer: &str| {
+            let values: Vec<HeaderValue> = values.iter().map(|v| HeaderValue::from_static(v)).collect();
+            let mut out = Vec::new();
+            put_forwarded_for(&mut out, &values, peer.parse().unwrap());
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(line(&[], "127.0.0.1"), "x-forwarded-for: 127.0.0.1\r\n");
+        assert_eq!(line(&["10.0.0.1"], "127.0.0.1"), "x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n");
+        assert_eq!(
+            line(&["10.0.0.1, 10.0.0.2", "10.0.0.3"], "10.1.2.3"),
+            "x-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 10.1.2.3\r\n",
+            "several lines become one list"
+        );
+        assert_eq!(line(&[" ", ""], "127.0.0.1"), "x-forwarded-for: 127.0.0.1\r\n", "blank ones are left out");
+        assert_eq!(line(&[], "2001:db8::ffff:1"), "x-forwarded-for: 2001:db8::ffff:1\r\n");
+    }
+
+    #[test]
+    fn hop_fields_are_known_by_name() {
+        assert_eq!(hop_field(&X_FORWARDED_FOR), Some(HopField::ForwardedFor));
+        assert_eq!(hop_field(&X_FORWARDED_PROTO), Some(HopField::ForwardedProto));
+        assert_eq!(hop_field(&X_REQUEST_ID), Some(HopField::RequestId));
+        for other in ["x-forwarded-host", "x-request", "host", "x-lifeline-error"] {
+            assert_eq!(hop_field(&HeaderName::from_static(other)), None, "{other}");
         }
-        let mut h = HeaderMap::new();
-        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static(" "));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
-        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["127.0.0.1"], "a blank one is replaced");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
-use http::{Request, Response};
+use http::Response;
 
 use crate::error::{ErrorKind, LifelineError};
 use crate::runtime::{RouteEntry, Runtime};
@@ -252,7 +252,7 @@ async fn forward(
 }
 
 /// Header rewriting for the upstream request.
-fn prepare_upstream(req: &mut Request<ProxyBody>, peer: SocketAddr, request_id: &HeaderValue) {
+fn prepare_upstream(req: &mut ProxyRequest, peer: SocketAddr, request_id: &HeaderValue) {
     // HTTP/2 requests carry the host in :authority; HTTP/1.1 upstreams need a Host header.
     // (An HTTP/1.1 request has exactly one by now: `check_request`.)
     if req.version() != http::Version::HTTP_11 && !headers::has_field(req.headers(), &HOST) {
@@ -260,10 +260,9 @@ fn prepare_upstream(req: &mut Request<ProxyBody>, peer: SocketAddr, request_id: 
             req.headers_mut().insert(HOST, v);
         }
     }
-    // This hop's fields were dropped by the server connection (`h1::Handler`).
-    let fields = req.headers_mut();
-    headers::add_forwarded(fields, peer.ip());
-    fields.insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+    // The upstream client writes these as it encodes the head (`body::Hop`). This hop's own
+    // fields were dropped by the server connection (`h1::Handler`).
+    *req.hop_mut() = body::Hop { peer: Some(peer.ip()), request_id: Some(request_id.clone()) };
 }
 
 fn count_local(route: &RouteEntry, err: &crate::error::BoxError) {

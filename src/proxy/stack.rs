@@ -98,7 +98,7 @@ impl tower::Service<Request<ProxyBody>> for HttpService {
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> BoxFuture<'static> {
-        self.call_owned(Box::new(req))
+        self.call_owned(ProxyRequest::new(req))
     }
 }
 

@@ -24,7 +24,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use crate::error::BoxError;
 use crate::http1::{self, itoa_u64, put_header, Chunk, Field, Framing, Step, MAX_HEADERS};
 use crate::proxy::body::{ProxyBody, ProxyRequest};
+use crate::proxy::headers::{self, HopField};
 use crate::proxy::passthrough::Passthrough;
 
 /// Largest response head (and chunk trailer section) accepted.
@@ -324,26 +325,57 @@ enum ReqBody {
 
 /// Encodes the request line and headers; `Content-Length` and `Transfer-Encoding` are written
 /// from the body as it is, never copied from the incoming request. `host` is written when the
-/// request has no `Host` (an h2c caller's authority is not one to pass on).
-fn encode_head(out: &mut Vec<u8>, req: &Request<ProxyBody>, host: &str, body: &ProxyBody) -> ReqBody {
+/// request has no `Host` (an h2c caller's authority is not one to pass on). What this hop adds
+/// ([`Hop`](crate::proxy::body::Hop): `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id`)
+/// is written here, in place of the request's own fields of those names.
+fn encode_head(out: &mut Vec<u8>, req: &ProxyRequest, host: &str, body: &ProxyBody) -> ReqBody {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let hop = req.hop();
+    let rewrite = hop.peer.is_some() || hop.request_id.is_some();
     // Seen on the way rather than looked up: a comparison of standard names per field costs
     // less than hashing the name once.
-    let (mut has_host, mut has_length) = (false, false);
+    let (mut has_host, mut has_length, mut has_proto, mut forwarded_for) = (false, false, false, false);
     for (name, value) in req.headers() {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             has_length |= name == CONTENT_LENGTH;
             continue;
         }
         has_host |= name == HOST;
+        if rewrite {
+            match (headers::hop_field(name), hop.peer) {
+                (Some(HopField::ForwardedFor), Some(peer)) => {
+                    // All its lines at once, at the first (rare: callers beside a sidecar
+                    // seldom send one, so the lookup is paid only then).
+                    if !forwarded_for {
+                        headers::put_forwarded_for(out, req.headers().get_all(&headers::X_FORWARDED_FOR), peer);
+                        forwarded_for = true;
+                    }
+                    continue;
+                }
+                (Some(HopField::ForwardedProto), _) => has_proto = true,
+                (Some(HopField::RequestId), _) if hop.request_id.is_some() => continue,
+                _ => {}
+            }
+        }
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !has_host {
         put_header(out, b"host", host.as_bytes());
+    }
+    if let Some(peer) = hop.peer {
+        if !forwarded_for {
+            headers::put_forwarded_for(out, [], peer);
+        }
+        if !has_proto {
+            put_header(out, b"x-forwarded-proto", b"http");
+        }
+    }
+    if let Some(id) = &hop.request_id {
+        put_header(out, b"x-request-id", id.as_bytes());
     }
     let framing = if body.is_end_stream() {
         ReqBody::Length(0)

@@ -227,7 +227,9 @@ async fn an_attempt_dropped_unfinished_leaves_nothing_in_flight() {
     let cluster = Cluster::build(&config.clusters["pay"], None, resolve::system());
     let e = cluster.endpoints()[0].clone();
     for _ in 0..3 {
-        let mut req = Box::new(http::Request::get("/slow").body(crate::proxy::body::empty()).unwrap());
+        let mut req = crate::proxy::body::ProxyRequest::new(
+            http::Request::get("/slow").body(crate::proxy::body::empty()).unwrap(),
+        );
         let send = cluster.send(&e, &mut req);
         assert!(tokio::time::timeout(Duration::from_millis(50), send).await.is_err(), "never answered");
     }

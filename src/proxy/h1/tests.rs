@@ -19,7 +19,7 @@ struct FnHandler(Reply);
 
 impl Handler for FnHandler {
     fn call(&self, req: ProxyRequest, _peer: SocketAddr) -> impl Future<Output = Response<ProxyBody>> + Send {
-        (self.0)(*req)
+        (self.0)(req.into_parts().0)
     }
 }
 

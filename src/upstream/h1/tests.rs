@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
-use http::HeaderMap;
+use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -93,7 +93,7 @@ fn failure_text(f: Failure) -> String {
 
 /// An exchange that may not be sent again.
 async fn send(conn: Conn, req: Request<ProxyBody>, home: Arc<Home>) -> Result<Response<ProxyBody>, Failure> {
-    exchange(conn, &mut Box::new(req), "backend", home, false).await
+    exchange(conn, &mut ProxyRequest::new(req), "backend", home, false).await
 }
 
 /// A kept-alive connection the backend closed while it sat idle: with `resend`, a bodyless GET
@@ -113,7 +113,7 @@ async fn a_connection_closed_while_idle_hands_back_a_resendable_request_only() {
     }
     let home = Arc::new(Home::default());
     let (conn, seen) = closed_after_request(b"").await;
-    let mut back = Box::new(Request::get("/again?x=1").header("x-k", "v").body(body::empty()).unwrap());
+    let mut back = ProxyRequest::new(Request::get("/again?x=1").header("x-k", "v").body(body::empty()).unwrap());
     match exchange(conn, &mut back, "10.0.0.9:80", home.clone(), true).await {
         Err(Failure::Stale(why)) => {
             assert!(why.contains("before a response"), "{why}");
@@ -133,11 +133,11 @@ async fn a_connection_closed_while_idle_hands_back_a_resendable_request_only() {
 
     let (conn, _seen) = closed_after_request(b"").await;
     let post = Request::post("/pay").header("host", "b").body(body::full("{}")).unwrap();
-    let r = exchange(conn, &mut Box::new(post), "b", home.clone(), true).await;
+    let r = exchange(conn, &mut ProxyRequest::new(post), "b", home.clone(), true).await;
     assert!(matches!(r, Err(Failure::Exchange(_))), "a request with a body is never handed back once sent");
 
     let (conn, _seen) = closed_after_request(b"HTTP/1.1 200 OK\r\nContent-Le").await;
-    let r = exchange(conn, &mut Box::new(get("/")), "b", home.clone(), true).await;
+    let r = exchange(conn, &mut ProxyRequest::new(get("/")), "b", home.clone(), true).await;
     assert!(matches!(r, Err(Failure::Exchange(_))), "the backend started answering: not stale");
 }
 
@@ -303,6 +303,78 @@ async fn request_bodies_go_out_with_a_length_when_known_and_chunked_when_not() {
     assert_eq!(seen[3], "GET /zero HTTP/1.1\r\nhost: b\r\ncontent-length: 0\r\n\r\n");
 }
 
+/// This hop's fields are written by the encoder from the request's `Hop`, in place of the
+/// caller's: one `x-forwarded-for` line listing every earlier hop then the peer, the caller's
+/// `x-forwarded-proto` kept (else `http`), exactly one `x-request-id`. Without a `Hop` the
+/// fields go as they came.
+#[tokio::test]
+async fn this_hops_fields_are_written_from_the_hop_in_place_of_the_callers() {
+    let (conn, mut server) = pair().await;
+    let home = Arc::new(Home::default());
+    let backend = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(read_request(&mut server).await);
+            server.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+        }
+        seen
+    });
+    let hop = |peer: &str| crate::proxy::body::Hop {
+        peer: Some(peer.parse().unwrap()),
+        request_id: Some(http::HeaderValue::from_static("id-1")),
+    };
+    let mut conn = Some(conn);
+    let requests = [
+        (get("/plain"), hop("127.0.0.1")),
+        (
+            Request::get("/relayed")
+                .header("host", "b")
+                .header("x-forwarded-for", "10.0.0.1, 10.0.0.2")
+                .header("x-request-id", "callers")
+                .header("x-forwarded-for", "10.0.0.3")
+                .header("x-forwarded-proto", "https")
+                .header("x-app", "kept")
+                .body(body::empty())
+                .unwrap(),
+            hop("2001:db8::1"),
+        ),
+        (
+            Request::get("/blank").header("host", "b").header("x-forwarded-for", " ").body(body::empty()).unwrap(),
+            hop("10.9.8.7"),
+        ),
+        (
+            Request::get("/as-is")
+                .header("host", "b")
+                .header("x-forwarded-for", "10.0.0.1")
+                .header("x-request-id", "callers")
+                .body(body::empty())
+                .unwrap(),
+            crate::proxy::body::Hop::default(),
+        ),
+    ];
+    for (req, hop) in requests {
+        let c = conn.take().or_else(|| home.take()).unwrap();
+        let mut req = ProxyRequest::with_hop(req, hop);
+        let resp = exchange(c, &mut req, "backend", home.clone(), false).await.map_err(failure_text).unwrap();
+        collect(resp).await;
+    }
+    let seen = backend.await.unwrap();
+    assert_eq!(
+        seen[0],
+        "GET /plain HTTP/1.1\r\nhost: backend\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-request-id: id-1\r\n\r\n"
+    );
+    assert_eq!(
+        seen[1],
+        "GET /relayed HTTP/1.1\r\nhost: b\r\nx-forwarded-for: 10.0.0.1, 10.0.0.2, 10.0.0.3, 2001:db8::1\r\n\
+         x-forwarded-proto: https\r\nx-app: kept\r\nx-request-id: id-1\r\n\r\n"
+    );
+    assert_eq!(
+        seen[2],
+        "GET /blank HTTP/1.1\r\nhost: b\r\nx-forwarded-for: 10.9.8.7\r\nx-forwarded-proto: http\r\nx-request-id: id-1\r\n\r\n"
+    );
+    assert_eq!(seen[3], "GET /as-is HTTP/1.1\r\nhost: b\r\nx-forwarded-for: 10.0.0.1\r\nx-request-id: callers\r\n\r\n");
+}
+
 /// Sends one GET to a backend that answers `answer` (then closes when `close`), and returns
 /// what came of it: the exchange's failure, or the body's error, or the body.
 async fn outcome(answer: &'static [u8], close: bool) -> (Result<Result<Bytes, String>, String>, bool) {
@@ -388,7 +460,7 @@ async fn a_request_that_never_left_comes_back_whole() {
     drop(server);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let home = Arc::new(Home::default());
-    let mut back = Box::new(
+    let mut back = ProxyRequest::new(
         Request::post("/pay").header("host", "b").header("idempotency-key", "k1").body(body::full("{}")).unwrap(),
     );
     match exchange(conn, &mut back, "backend", home, false).await {
@@ -399,7 +471,7 @@ async fn a_request_that_never_left_comes_back_whole() {
     assert_eq!(back.uri(), "/pay");
     assert_eq!(back.headers()["idempotency-key"], "k1");
     assert_eq!(back.body().size_hint().exact(), Some(2), "the length survives, so it goes out framed the same");
-    assert_eq!(back.into_body().collect().await.unwrap().to_bytes(), "{}");
+    assert_eq!(back.into_parts().0.into_body().collect().await.unwrap().to_bytes(), "{}");
 }
 
 #[tokio::test]

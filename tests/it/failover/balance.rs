@@ -59,7 +59,10 @@ async fn cluster(yaml: &str) -> Arc<Cluster> {
 
 async fn call(c: &Arc<Cluster>, tried: &TriedEndpoints) -> String {
     let req = Request::post("/x").body(lifeline::proxy::body::full("{}")).unwrap();
-    let resp = ClusterService::new(c.clone()).send(&mut Box::new(req), Some(tried)).await.unwrap();
+    let resp = ClusterService::new(c.clone())
+        .send(&mut lifeline::proxy::body::ProxyRequest::new(req), Some(tried))
+        .await
+        .unwrap();
     // The backend's fields pass through the client unparsed (`Passthrough`).
     let name = http::HeaderName::from_static("x-upstream");
     let v = lifeline::proxy::passthrough::response_header(&resp, &name).expect("the backend names itself");
