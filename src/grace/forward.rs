@@ -172,7 +172,7 @@ fn call(
     // A forward that may have reached the backend is resolved by query, not resent by retry.
     req.extensions_mut().insert(crate::proxy::stack::ResendOnlyIfNotSent);
     // Its own request id: the caller's went with the caller's attempt.
-    let hop = Hop { peer: None, request_id: Some(crate::proxy::headers::new_request_id()) };
+    let hop = Hop { request_id: Some(crate::proxy::headers::new_request_id()), ..Hop::default() };
     let fut = super::layer::call(target.service.clone(), ProxyRequest::with_hop(req, hop));
     Box::pin(async move {
         match fut.await {

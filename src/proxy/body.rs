@@ -203,10 +203,10 @@ impl Body for ProxyBody {
 /// (callgrind, session 8: a sixth of all instructions); a pointer costs one small allocation.
 ///
 /// The box also holds what this hop adds to the request on its way out ([`Hop`]): the caller's
-/// address for `X-Forwarded-For` and the request id. The upstream client writes them as it
-/// encodes the head, so they never go into the request's `HeaderMap`, where each costs a hash
-/// of its custom name and an insert (callgrind, session 28: 856 of `prepare_upstream`'s 1 133
-/// instructions per request).
+/// address for `X-Forwarded-For`, the request id and the attempt's time budget. The upstream
+/// client writes them as it encodes the head, so they never go into the request's `HeaderMap`,
+/// where each costs a hash of its custom name and an insert (callgrind, session 28: 856 of
+/// `prepare_upstream`'s 1 133 instructions per request, and ~270 for the budget's insert).
 pub struct ProxyRequest(Box<Outbound>);
 
 struct Outbound {
@@ -223,6 +223,16 @@ pub struct Hop {
     /// Sent as the one `X-Request-Id`, in place of any the request has. `None` sends the
     /// request's own.
     pub request_id: Option<http::HeaderValue>,
+    /// The time the upstream has left, set by each attempt (`resilience::deadline`).
+    pub budget: Option<Budget>,
+}
+
+/// The time left for an attempt, sent upstream in the field the caller used: `grpc-timeout`
+/// (`<ms>m`) for a gRPC caller, else `x-lifeline-timeout-ms`, in place of the caller's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub ms: u64,
+    pub grpc: bool,
 }
 
 impl ProxyRequest {

@@ -680,9 +680,10 @@ fn parse_head(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path_span.0..path_span.0 + path_span.1)) else {
         return bad("invalid request target".into());
     };
-    // Room for what the proxy adds (X-Forwarded-For and -Proto, the request id, the remaining
-    // timeout): an exact-size map reallocates on the first insert.
-    let mut map = HeaderMap::with_capacity(fields.len() + 4);
+    // Exact: what the proxy adds on the way out (X-Forwarded-For and -Proto, the request id,
+    // the time budget) is written by the upstream client from the request's `body::Hop`, not
+    // inserted here.
+    let mut map = HeaderMap::with_capacity(fields.len());
     let (mut te, mut cl, mut keep, mut close, mut expect, mut named) =
         (None::<Bytes>, false, false, false, false, false);
     for &(n, nl, v, vl) in &fields {

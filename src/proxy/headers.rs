@@ -131,6 +131,8 @@ pub enum HopField {
     ForwardedFor,
     ForwardedProto,
     RequestId,
+    TimeoutMs,
+    GrpcTimeout,
 }
 
 /// Which of this hop's own fields `name` is. Decided on the name's length and bytes rather
@@ -140,6 +142,8 @@ pub fn hop_field(name: &HeaderName) -> Option<HopField> {
         b"x-forwarded-for" => Some(HopField::ForwardedFor),
         b"x-forwarded-proto" => Some(HopField::ForwardedProto),
         b"x-request-id" => Some(HopField::RequestId),
+        b"x-lifeline-timeout-ms" => Some(HopField::TimeoutMs),
+        b"grpc-timeout" => Some(HopField::GrpcTimeout),
         _ => None,
     }
 }
@@ -395,6 +399,8 @@ mod tests {
         assert_eq!(hop_field(&X_FORWARDED_FOR), Some(HopField::ForwardedFor));
         assert_eq!(hop_field(&X_FORWARDED_PROTO), Some(HopField::ForwardedProto));
         assert_eq!(hop_field(&X_REQUEST_ID), Some(HopField::RequestId));
+        assert_eq!(hop_field(&X_LIFELINE_TIMEOUT_MS), Some(HopField::TimeoutMs));
+        assert_eq!(hop_field(&HeaderName::from_static("grpc-timeout")), Some(HopField::GrpcTimeout));
         for other in ["x-forwarded-host", "x-request", "host", "x-lifeline-error"] {
             assert_eq!(hop_field(&HeaderName::from_static(other)), None, "{other}");
         }

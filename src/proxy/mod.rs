@@ -262,7 +262,9 @@ fn prepare_upstream(req: &mut ProxyRequest, peer: SocketAddr, request_id: &Heade
     }
     // The upstream client writes these as it encodes the head (`body::Hop`). This hop's own
     // fields were dropped by the server connection (`h1::Handler`).
-    *req.hop_mut() = body::Hop { peer: Some(peer.ip()), request_id: Some(request_id.clone()) };
+    let hop = req.hop_mut();
+    hop.peer = Some(peer.ip());
+    hop.request_id = Some(request_id.clone());
 }
 
 fn count_local(route: &RouteEntry, err: &crate::error::BoxError) {

@@ -17,12 +17,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::{HeaderMap, Response};
 use tokio::time::Instant;
 
 use crate::error::{BoxError, ErrorKind, LifelineError};
-use crate::proxy::body::{ProxyBody, ProxyRequest};
+use crate::proxy::body::{Budget, ProxyBody, ProxyRequest};
 use crate::proxy::headers::X_LIFELINE_TIMEOUT_MS;
 
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -130,36 +130,6 @@ where
     }
 }
 
-/// The header value for a remaining budget of `ms` milliseconds (`grpc`: with the `m` unit).
-///
-/// With a per-try timeout shorter than the route's, nearly every attempt sends the same value,
-/// so the last one is kept per thread and shared (a clone is a reference count; formatting
-/// and copying it was an allocation per attempt).
-fn budget_value(ms: u64, grpc: bool) -> Option<HeaderValue> {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(u64, bool, HeaderValue)>> = const { std::cell::RefCell::new(None) };
-    }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((m, g, v)) = last.as_ref() {
-            if (*m, *g) == (ms, grpc) {
-                return Some(v.clone());
-            }
-        }
-        let (mut buf, mut scratch) = ([0u8; 21], [0u8; 20]);
-        let digits = crate::http1::itoa_u64(ms, &mut scratch);
-        buf[..digits.len()].copy_from_slice(digits);
-        let mut n = digits.len();
-        if grpc {
-            buf[n] = b'm';
-            n += 1;
-        }
-        let v = crate::proxy::headers::shared_value(&buf[..n])?;
-        *last = Some((ms, grpc, v.clone()));
-        Some(v)
-    })
-}
-
 /// Runs one attempt (`send`) within the per-try timeout and what is left of `deadline`, and
 /// tells the upstream how long it has left, in the header the caller used (set, not added:
 /// every attempt of a request sends the same request).
@@ -178,10 +148,8 @@ where
     let left = deadline.at.saturating_duration_since(now);
     let budget = per_try.map_or(left, |p| left.min(p));
     let ms = budget.as_millis().min(u128::from(u64::MAX)) as u64;
-    let name = if deadline.grpc { &GRPC_TIMEOUT } else { &X_LIFELINE_TIMEOUT_MS };
-    if let Some(v) = budget_value(ms, deadline.grpc) {
-        req.headers_mut().insert(name.clone(), v);
-    }
+    // Written by the upstream client as it encodes the head (`body::Hop`).
+    req.hop_mut().budget = Some(Budget { ms, grpc: deadline.grpc });
     if budget.is_zero() {
         return Err(LifelineError::new(
             ErrorKind::DeadlineExceeded,
@@ -209,18 +177,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn budget_values_render_and_repeat_without_formatting_again() {
-        assert_eq!(budget_value(800, false).unwrap(), "800");
-        let a = budget_value(800, false).unwrap();
-        let b = budget_value(800, false).unwrap();
-        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr(), "the same budget shares one value");
-        assert_eq!(budget_value(800, true).unwrap(), "800m", "gRPC carries its unit");
-        assert_eq!(budget_value(0, false).unwrap(), "0");
-        assert_eq!(budget_value(u64::MAX, false).unwrap(), u64::MAX.to_string().as_str());
-        assert_eq!(budget_value(799, false).unwrap(), "799");
-    }
 
     #[test]
     fn grpc_timeouts() {

@@ -326,8 +326,8 @@ enum ReqBody {
 /// Encodes the request line and headers; `Content-Length` and `Transfer-Encoding` are written
 /// from the body as it is, never copied from the incoming request. `host` is written when the
 /// request has no `Host` (an h2c caller's authority is not one to pass on). What this hop adds
-/// ([`Hop`](crate::proxy::body::Hop): `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id`)
-/// is written here, in place of the request's own fields of those names.
+/// ([`Hop`](crate::proxy::body::Hop): `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id`,
+/// the time budget) is written here, in place of the request's own fields of those names.
 fn encode_head(out: &mut Vec<u8>, req: &ProxyRequest, host: &str, body: &ProxyBody) -> ReqBody {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
@@ -335,7 +335,8 @@ fn encode_head(out: &mut Vec<u8>, req: &ProxyRequest, host: &str, body: &ProxyBo
     out.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let hop = req.hop();
-    let rewrite = hop.peer.is_some() || hop.request_id.is_some();
+    let rewrite = hop.peer.is_some() || hop.request_id.is_some() || hop.budget.is_some();
+    let grpc = hop.budget.map(|b| b.grpc);
     // Seen on the way rather than looked up: a comparison of standard names per field costs
     // less than hashing the name once.
     let (mut has_host, mut has_length, mut has_proto, mut forwarded_for) = (false, false, false, false);
@@ -358,6 +359,8 @@ fn encode_head(out: &mut Vec<u8>, req: &ProxyRequest, host: &str, body: &ProxyBo
                 }
                 (Some(HopField::ForwardedProto), _) => has_proto = true,
                 (Some(HopField::RequestId), _) if hop.request_id.is_some() => continue,
+                (Some(HopField::TimeoutMs), _) if grpc == Some(false) => continue,
+                (Some(HopField::GrpcTimeout), _) if grpc == Some(true) => continue,
                 _ => {}
             }
         }
@@ -376,6 +379,11 @@ fn encode_head(out: &mut Vec<u8>, req: &ProxyRequest, host: &str, body: &ProxyBo
     }
     if let Some(id) = &hop.request_id {
         put_header(out, b"x-request-id", id.as_bytes());
+    }
+    if let Some(budget) = hop.budget {
+        out.extend_from_slice(if budget.grpc { b"grpc-timeout: " } else { b"x-lifeline-timeout-ms: " });
+        out.extend_from_slice(itoa_u64(budget.ms, &mut [0u8; 20]));
+        out.extend_from_slice(if budget.grpc { b"m\r\n" } else { b"\r\n" });
     }
     let framing = if body.is_end_stream() {
         ReqBody::Length(0)
