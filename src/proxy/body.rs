@@ -225,6 +225,9 @@ pub struct Hop {
     pub request_id: Option<http::HeaderValue>,
     /// The time the upstream has left, set by each attempt (`resilience::deadline`).
     pub budget: Option<Budget>,
+    /// Sent as `Host` when the request has none: the authority an HTTP/2 caller (or an
+    /// HTTP/1.0 one in absolute form) gave in the target.
+    pub authority: Option<http::uri::Authority>,
 }
 
 /// The time left for an attempt, sent upstream in the field the caller used: `grpc-timeout`

@@ -253,18 +253,16 @@ async fn forward(
 
 /// Header rewriting for the upstream request.
 fn prepare_upstream(req: &mut ProxyRequest, peer: SocketAddr, request_id: &HeaderValue) {
-    // HTTP/2 requests carry the host in :authority; HTTP/1.1 upstreams need a Host header.
-    // (An HTTP/1.1 request has exactly one by now: `check_request`.)
-    if req.version() != http::Version::HTTP_11 && !headers::has_field(req.headers(), &HOST) {
-        if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            req.headers_mut().insert(HOST, v);
-        }
-    }
     // The upstream client writes these as it encodes the head (`body::Hop`). This hop's own
     // fields were dropped by the server connection (`h1::Handler`).
+    // HTTP/2 requests carry the host in :authority; HTTP/1.1 upstreams need a Host header,
+    // written from it when the request has none. (An HTTP/1.1 request has exactly one by now:
+    // `check_request`.)
+    let authority = if req.version() == http::Version::HTTP_11 { None } else { req.uri().authority().cloned() };
     let hop = req.hop_mut();
     hop.peer = Some(peer.ip());
     hop.request_id = Some(request_id.clone());
+    hop.authority = authority;
 }
 
 fn count_local(route: &RouteEntry, err: &crate::error::BoxError) {

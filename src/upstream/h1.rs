@@ -324,10 +324,11 @@ enum ReqBody {
 }
 
 /// Encodes the request line and headers; `Content-Length` and `Transfer-Encoding` are written
-/// from the body as it is, never copied from the incoming request. `host` is written when the
-/// request has no `Host` (an h2c caller's authority is not one to pass on). What this hop adds
-/// ([`Hop`](crate::proxy::body::Hop): `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id`,
-/// the time budget) is written here, in place of the request's own fields of those names.
+/// from the body as it is, never copied from the incoming request. A request without `Host`
+/// gets one: the hop's authority (an h2c caller's `:authority`), else `host` (the endpoint's).
+/// What this hop adds ([`Hop`](crate::proxy::body::Hop): `X-Forwarded-For`,
+/// `X-Forwarded-Proto`, `X-Request-Id`, the time budget) is written here, in place of the
+/// request's own fields of those names.
 fn encode_head(out: &mut Vec<u8>, req: &ProxyRequest, host: &str, body: &ProxyBody) -> ReqBody {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
@@ -367,6 +368,7 @@ fn encode_head(out: &mut Vec<u8>, req: &ProxyRequest, host: &str, body: &ProxyBo
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !has_host {
+        let host = hop.authority.as_ref().map_or(host, |a| a.as_str());
         put_header(out, b"host", host.as_bytes());
     }
     if let Some(peer) = hop.peer {

@@ -306,14 +306,15 @@ async fn request_bodies_go_out_with_a_length_when_known_and_chunked_when_not() {
 /// This hop's fields are written by the encoder from the request's `Hop`, in place of the
 /// caller's: one `x-forwarded-for` line listing every earlier hop then the peer, the caller's
 /// `x-forwarded-proto` kept (else `http`), exactly one `x-request-id`, the attempt's time
-/// budget in place of the caller's. Without a `Hop` the fields go as they came.
+/// budget in place of the caller's, a `Host` from the caller's authority when it sent none.
+/// Without a `Hop` the fields go as they came.
 #[tokio::test]
 async fn this_hops_fields_are_written_from_the_hop_in_place_of_the_callers() {
     let (conn, mut server) = pair().await;
     let home = Arc::new(Home::default());
     let backend = tokio::spawn(async move {
         let mut seen = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..8 {
             seen.push(read_request(&mut server).await);
             server.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
         }
@@ -322,7 +323,11 @@ async fn this_hops_fields_are_written_from_the_hop_in_place_of_the_callers() {
     let hop = |peer: &str| crate::proxy::body::Hop {
         peer: Some(peer.parse().unwrap()),
         request_id: Some(http::HeaderValue::from_static("id-1")),
-        budget: None,
+        ..Default::default()
+    };
+    let authority = |a: &'static str| crate::proxy::body::Hop {
+        authority: Some(http::uri::Authority::from_static(a)),
+        ..Default::default()
     };
     let budget = |ms, grpc| crate::proxy::body::Hop {
         budget: Some(crate::proxy::body::Budget { ms, grpc }),
@@ -369,6 +374,9 @@ async fn this_hops_fields_are_written_from_the_hop_in_place_of_the_callers() {
             Request::get("/grpc").header("host", "b").header("grpc-timeout", "5S").body(body::empty()).unwrap(),
             budget(1234, true),
         ),
+        // An h2c caller's `:authority` is its Host; a Host it sent wins.
+        (Request::get("/h2").body(body::empty()).unwrap(), authority("pay.example:8443")),
+        (Request::get("/h2-host").header("host", "given").body(body::empty()).unwrap(), authority("other")),
     ];
     for (req, hop) in requests {
         let c = conn.take().or_else(|| home.take()).unwrap();
@@ -394,6 +402,8 @@ async fn this_hops_fields_are_written_from_the_hop_in_place_of_the_callers() {
     // The attempt's budget replaces the caller's field of the kind it was read from.
     assert_eq!(seen[4], "GET /budget HTTP/1.1\r\nhost: b\r\ngrpc-timeout: 5S\r\nx-lifeline-timeout-ms: 250\r\n\r\n");
     assert_eq!(seen[5], "GET /grpc HTTP/1.1\r\nhost: b\r\ngrpc-timeout: 1234m\r\n\r\n");
+    assert_eq!(seen[6], "GET /h2 HTTP/1.1\r\nhost: pay.example:8443\r\n\r\n");
+    assert_eq!(seen[7], "GET /h2-host HTTP/1.1\r\nhost: given\r\n\r\n");
 }
 
 /// Sends one GET to a backend that answers `answer` (then closes when `close`), and returns
