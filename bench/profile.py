@@ -20,6 +20,10 @@ between the two runs, per request: where a request's instructions go; --by-crate
 summed by crate (the standard library by module, Lifeline by source file). --keep DIR keeps the
 callgrind and dhat files there for callgrind_annotate. --rate and --http2 change the load
 (`lifeline load`, 4 connections; h2c with one stream each). Only --callgrind-only skips dhat.
+--conns N spreads the load over N connections (default 4). --cache-sim also has callgrind
+simulate this machine's first-level caches and its second-level one as the last level (sizes
+read from /sys; both workers share the one simulated cache, as valgrind runs one thread at a
+time) and reports misses per request: with many connections, what each request finds cold.
 """
 
 import argparse
@@ -41,6 +45,8 @@ def one(tool, n, args, d):
     out = os.path.join(d, f"{tool}-{n}.out")
     vg = ["valgrind", f"--tool={tool}", "--trace-children=no"]
     vg += [f"--callgrind-out-file={out}"] if tool == "callgrind" else [f"--dhat-out-file={out}"]
+    if tool == "callgrind" and args.cache_sim:
+        vg += ["--cache-sim=yes"] + cache_geometry()
     log = open(os.path.join(d, f"{tool}-{n}.log"), "w")
     p = bench.start(vg + bench_cmd(args, d), log)
     try:
@@ -50,7 +56,7 @@ def one(tool, n, args, d):
         h2 = ["--http2", "--streams", "1"] if args.http2 else []
         subprocess.run(
             [args.lifeline, "load", f"http://127.0.0.1:{peers.PORTS['lifeline'][0]}/", "--rate", str(rate),
-             "--duration", f"{n / rate}s", "-c", "4", "--quiet", "--timeout", "30s"] + h2,
+             "--duration", f"{n / rate}s", "-c", str(args.conns), "--quiet", "--timeout", "30s"] + h2,
             check=True, capture_output=True, timeout=n / rate + 120)
         os.kill(p.pid, signal.SIGTERM)
         p.wait(60)
@@ -60,9 +66,33 @@ def one(tool, n, args, d):
     text = open(os.path.join(d, f"{tool}-{n}.log")).read()
     if tool == "callgrind":
         m = re.search(r"Collected : (\d+)", text)
-        return {"ir": int(m.group(1))}
+        if not args.cache_sim:
+            return {"ir": int(m.group(1))}
+        # The events and their totals, as the output file names them (Ir Dr Dw I1mr D1mr ...).
+        head = open(out).read(1 << 16)
+        names = re.search(r"^events: (.+)$", head, re.M).group(1).split()
+        c = dict(zip(names, map(int, re.search(r"^summary: (.+)$", head, re.M).group(1).split())))
+        return {"ir": c["Ir"], "i1": c["I1mr"], "il": c["ILmr"], "d": c["Dr"] + c["Dw"],
+                "d1": c["D1mr"] + c["D1mw"], "dl": c["DLmr"] + c["DLmw"]}
     m = re.search(r"Total:\s+([\d,]+) bytes in ([\d,]+) blocks", text)
     return {"bytes": int(m.group(1).replace(",", "")), "blocks": int(m.group(2).replace(",", ""))}
+
+
+def cache_geometry():
+    """valgrind's --I1/--D1/--LL for this machine: level 1, then level 2 as the last level (the
+    per-core cache a worker's working set has to fit in)."""
+    flags = []
+    for index, flag in (("index1", "--I1"), ("index0", "--D1"), ("index2", "--LL")):
+        base = f"/sys/devices/system/cpu/cpu0/cache/{index}/"
+        try:
+            size = open(base + "size").read().strip()
+            kib = int(size.rstrip("K")) if size.endswith("K") else int(size.rstrip("M")) * 1024
+            ways = int(open(base + "ways_of_associativity").read())
+            line = int(open(base + "coherency_line_size").read())
+        except (OSError, ValueError):
+            continue
+        flags.append(f"{flag}={kib * 1024},{ways},{line}")
+    return flags
 
 
 def self_costs(path):
@@ -124,6 +154,8 @@ def main():
     ap.add_argument("--by-crate", type=int, default=0, metavar="N", help="print the N crates that cost most per request")
     ap.add_argument("--keep", help="keep the valgrind output files in this directory")
     ap.add_argument("--callgrind-only", action="store_true", help="skip dhat")
+    ap.add_argument("--conns", type=int, default=4, help="connections of the load (default 4)")
+    ap.add_argument("--cache-sim", action="store_true", help="also count cache misses (callgrind)")
     args = ap.parse_args()
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
@@ -143,7 +175,11 @@ def main():
             allocs = "allocations not visible (the binary uses its own allocator, dhat sees only libc malloc)"
         proto = "h2c" if args.http2 else "HTTP/1.1"
         print(f"per request: {res['ir']:.0f} instructions, {allocs}   "
-              f"(valgrind, {n} vs {3 * n} requests at {args.rate}/s, {proto})")
+              f"(valgrind, {n} vs {3 * n} requests at {args.rate}/s, {proto}, {args.conns} connections)")
+        if args.cache_sim:
+            print(f"per request: {res['d']:.0f} data accesses, {res['d1']:.0f} missed level 1, {res['dl']:.0f} missed "
+                  f"level 2; {res['i1']:.0f} instruction fetches missed level 1, {res['il']:.0f} level 2   "
+                  f"({' '.join(cache_geometry())})")
         if args.top:
             top(d, n, args.top)
         if args.by_crate:
