@@ -256,18 +256,24 @@ async fn head_204_304_carry_no_body_and_interim_answers_are_skipped() {
     assert_eq!(statuses, [200, 204, 304, 201]);
 }
 
-#[tokio::test]
-async fn request_bodies_go_out_with_a_length_when_known_and_chunked_when_not() {
-    let (conn, mut server) = pair().await;
-    let home = Arc::new(Home::default());
-    let backend = tokio::spawn(async move {
+/// A backend that reads `n` requests, answers each `200` with no body, and gives back what it
+/// read.
+fn answer_ok(mut server: TcpStream, n: usize) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
         let mut seen = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..n {
             seen.push(read_request(&mut server).await);
             server.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
         }
         seen
-    });
+    })
+}
+
+#[tokio::test]
+async fn request_bodies_go_out_with_a_length_when_known_and_chunked_when_not() {
+    let (conn, server) = pair().await;
+    let home = Arc::new(Home::default());
+    let backend = answer_ok(server, 4);
     // A known length; an inbound Content-Length header is never copied (the body decides).
     let post = Request::post("/pay")
         .header("host", "b")
@@ -310,16 +316,9 @@ async fn request_bodies_go_out_with_a_length_when_known_and_chunked_when_not() {
 /// Without a `Hop` the fields go as they came.
 #[tokio::test]
 async fn this_hops_fields_are_written_from_the_hop_in_place_of_the_callers() {
-    let (conn, mut server) = pair().await;
+    let (conn, server) = pair().await;
     let home = Arc::new(Home::default());
-    let backend = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        for _ in 0..8 {
-            seen.push(read_request(&mut server).await);
-            server.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
-        }
-        seen
-    });
+    let backend = answer_ok(server, 8);
     let hop = |peer: &str| crate::proxy::body::Hop {
         peer: Some(peer.parse().unwrap()),
         request_id: Some(http::HeaderValue::from_static("id-1")),
