@@ -203,10 +203,11 @@ impl Body for ProxyBody {
 /// (callgrind, session 8: a sixth of all instructions); a pointer costs one small allocation.
 ///
 /// The box also holds what this hop adds to the request on its way out ([`Hop`]): the caller's
-/// address for `X-Forwarded-For`, the request id and the attempt's time budget. The upstream
-/// client writes them as it encodes the head, so they never go into the request's `HeaderMap`,
-/// where each costs a hash of its custom name and an insert (callgrind, session 28: 856 of
-/// `prepare_upstream`'s 1 133 instructions per request, and ~270 for the budget's insert).
+/// address for `X-Forwarded-For`, the request id, the attempt's time budget and an h2c
+/// caller's authority. The upstream client writes them as it encodes the head, so they never
+/// go into the request's `HeaderMap`, where each costs a hash of its name and an insert
+/// (callgrind, session 28: 856 of `prepare_upstream`'s 1 133 instructions per request, and
+/// ~270 for the budget's insert).
 pub struct ProxyRequest(Box<Outbound>);
 
 struct Outbound {
@@ -260,12 +261,6 @@ impl ProxyRequest {
     pub fn into_parts(self) -> (http::Request<ProxyBody>, Hop) {
         let Outbound { req, hop } = *self.0;
         (req, hop)
-    }
-}
-
-impl From<http::Request<ProxyBody>> for ProxyRequest {
-    fn from(req: http::Request<ProxyBody>) -> Self {
-        Self::new(req)
     }
 }
 

@@ -135,8 +135,8 @@ pub enum HopField {
     GrpcTimeout,
 }
 
-/// Which of this hop's own fields `name` is. Decided on the name's length and bytes rather
-/// than by comparing it with three custom `HeaderName`s, each a separate byte comparison.
+/// Which of this hop's own fields `name` is: one match on the name's bytes (by length first),
+/// not a comparison with each custom `HeaderName` in turn.
 pub fn hop_field(name: &HeaderName) -> Option<HopField> {
     match name.as_str().as_bytes() {
         b"x-forwarded-for" => Some(HopField::ForwardedFor),
