@@ -19,7 +19,7 @@ pub mod stack;
 pub mod timers;
 pub mod workers;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ impl Proxy {
     /// The request stays in its box from the server connection to the upstream client: each
     /// step moves a pointer, not the 240-byte request (taking it apart and putting it back
     /// together copied its head eight times per request).
-    pub async fn handle(&self, req: ProxyRequest, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: ProxyRequest, peer: IpAddr) -> Response<ProxyBody> {
         let received = clock::now();
         let _in_flight = InFlight::enter();
         let rt = self.runtime.load_full();
@@ -61,11 +61,24 @@ impl Proxy {
         let logged = access_log.then(|| (req.method().clone(), req.uri().path().to_string()));
 
         let route = rt.route(&*req);
-        let receipt_id = crate::grace::receipt_request(&rt, &*req);
-        let mut resp = match (receipt_id, check_request(&rt, &*req, route)) {
-            (Some(id), _) => crate::grace::receipt::serve(&rt.grace, id).await,
-            (None, Err(err)) => respond::lifeline_error_response(&err, &request_id),
-            (None, Ok(route)) => forward(route, req, peer, &request_id).await,
+        // What answers is settled before anything is awaited, so that nothing but the route
+        // (a reference) is kept across the await beside the route's future: the check's
+        // `Result` with its error was 128 bytes of this frame, written per request.
+        let next = match crate::grace::receipt_request(&rt, &*req) {
+            Some(id) => Next::Receipt(id.into()),
+            None => match check_request(&rt, &*req, route) {
+                Ok(route) => Next::Forward(route),
+                Err(err) => Next::Answer(Box::new(respond::lifeline_error_response(&err, &request_id))),
+            },
+        };
+        let mut resp = match next {
+            Next::Receipt(id) => crate::grace::receipt::serve(&rt.grace, &id).await,
+            Next::Answer(resp) => *resp,
+            Next::Forward(route) => {
+                let exceeded = prepare_upstream(route, &mut req, peer, &request_id);
+                let result = route.service.serve(req).await;
+                answer(route, result, exceeded, &request_id)
+            }
         };
         passthrough::set_header(&mut resp, headers::X_REQUEST_ID.clone(), request_id.clone());
         if self.draining.load(Ordering::Relaxed) && version <= http::Version::HTTP_11 {
@@ -91,7 +104,7 @@ impl Proxy {
                 status = resp.status().as_u16(),
                 error,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
-                peer = %peer.ip(),
+                peer = %peer,
             );
         }
         resp
@@ -104,7 +117,7 @@ impl h1::Handler for Proxy {
         req: ProxyRequest,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = Response<ProxyBody>> + Send {
-        self.handle(req, peer)
+        self.handle(req, peer.ip())
     }
 
     fn limits(&self, base: h1::Limits) -> h1::Limits {
@@ -213,13 +226,22 @@ fn check_request<'a>(
     Ok(route)
 }
 
-/// Runs the route's stack and turns its result into the response.
-async fn forward(
+/// What a request gets: a provisional receipt looked up, an answer made here (a check
+/// failed), or the route's path.
+enum Next<'a> {
+    Receipt(Box<str>),
+    Answer(Box<Response<ProxyBody>>),
+    Forward(&'a RouteEntry),
+}
+
+/// Readies the request for the route's path: the body's limit, and what this hop adds on the
+/// way out. The flag it returns is set when the body went over the limit.
+fn prepare_upstream(
     route: &RouteEntry,
-    mut req: ProxyRequest,
-    peer: SocketAddr,
+    req: &mut ProxyRequest,
+    peer: IpAddr,
     request_id: &HeaderValue,
-) -> Response<ProxyBody> {
+) -> Option<Arc<AtomicBool>> {
     // No body (most GETs): an empty body is a zero-sized box, and nothing can exceed the limit,
     // so neither allocates.
     let body = std::mem::replace(req.body_mut(), body::empty());
@@ -231,8 +253,27 @@ async fn forward(
         *req.body_mut() = body::boxed(body::Limited::new(body, route.config.max_body, exceeded.clone()));
         Some(exceeded)
     };
-    prepare_upstream(&mut req, peer, request_id);
-    match route.service.serve(req).await {
+    // The upstream client writes these as it encodes the head (`body::Hop`). This hop's own
+    // fields were dropped by the server connection (`h1::Handler`).
+    // HTTP/2 requests carry the host in :authority; HTTP/1.1 upstreams need a Host header,
+    // written from it when the request has none. (An HTTP/1.1 request has exactly one by now:
+    // `check_request`.)
+    let authority = if req.version() == http::Version::HTTP_11 { None } else { req.uri().authority().cloned() };
+    let hop = req.hop_mut();
+    hop.peer = Some(peer);
+    hop.request_id = Some(request_id.clone());
+    hop.authority = authority;
+    exceeded
+}
+
+/// Turns the route path's result into the response.
+fn answer(
+    route: &RouteEntry,
+    result: Result<Response<ProxyBody>, crate::error::BoxError>,
+    exceeded: Option<Arc<AtomicBool>>,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    match result {
         // The upstream client dropped the answer's hop-by-hop fields while parsing it.
         Ok(resp) => {
             route.metrics.count_status(resp.status());
@@ -249,20 +290,6 @@ async fn forward(
             respond::error_response(&err, request_id)
         }
     }
-}
-
-/// Header rewriting for the upstream request.
-fn prepare_upstream(req: &mut ProxyRequest, peer: SocketAddr, request_id: &HeaderValue) {
-    // The upstream client writes these as it encodes the head (`body::Hop`). This hop's own
-    // fields were dropped by the server connection (`h1::Handler`).
-    // HTTP/2 requests carry the host in :authority; HTTP/1.1 upstreams need a Host header,
-    // written from it when the request has none. (An HTTP/1.1 request has exactly one by now:
-    // `check_request`.)
-    let authority = if req.version() == http::Version::HTTP_11 { None } else { req.uri().authority().cloned() };
-    let hop = req.hop_mut();
-    hop.peer = Some(peer.ip());
-    hop.request_id = Some(request_id.clone());
-    hop.authority = authority;
 }
 
 fn count_local(route: &RouteEntry, err: &crate::error::BoxError) {

@@ -14,16 +14,22 @@
 //! ```
 //! Resilience layers are present only when the route's (or its cluster's) config has the block;
 //! the deadline and attempt layers are always there.
-//! Each step is an `async fn` that awaits the next ([`RoutePath`]), so the whole path of a
-//! request is one future, boxed once; the handler calls one [`HttpService`] whatever steps a
-//! route enables. (Until session 6 each step was a tower `Layer` with a boxed future of its
-//! own: about a dozen allocations per request, measured in BENCHMARKS.md.)
+//! The whole path of a request is one future ([`RoutePath`]): two `async fn`s, the request's
+//! (deadline, retries) and one attempt's (breaker, bulkhead, timer, send), with the steps
+//! that only decide or record (the deadline, the breaker's gate and report, a free bulkhead
+//! slot) as plain calls in them. The handler calls one [`HttpService`] whatever steps a route
+//! enables. (Until session 6 each step was a tower `Layer` with a boxed future of its own:
+//! about a dozen allocations per request. Until session 30 each was an `async fn` awaiting
+//! the next, and each stored its arguments twice and its state beside the next one's future:
+//! at 256 connections that state did not stay in the cache. BENCHMARKS.md.)
 
+use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use smallvec::SmallVec;
 
@@ -72,11 +78,12 @@ impl HttpService {
         HttpService(Kind::Path(Arc::new(route)))
     }
 
-    /// Runs one request down the route's path.
-    pub async fn serve(&self, req: ProxyRequest) -> Result<Response<ProxyBody>, BoxError> {
+    /// Runs one request down the route's path. Not an `async fn`: the future is the path's
+    /// own (or the boxed one), without a step of its own around it.
+    pub fn serve(&self, req: ProxyRequest) -> impl Future<Output = Result<Response<ProxyBody>, BoxError>> + Send + '_ {
         match &self.0 {
-            Kind::Path(path) => path.serve(req).await,
-            Kind::Dyn(route) => route.call(req).await,
+            Kind::Path(path) => Either::Left(path.serve(req)),
+            Kind::Dyn(route) => Either::Right(route.call(req)),
         }
     }
 
@@ -165,8 +172,8 @@ fn key_hash(key: &str) -> u64 {
 #[derive(Debug, Clone, Copy)]
 pub struct ResendOnlyIfNotSent;
 
-/// One route's path: each step an `async fn` awaiting the next, so a request's whole path is
-/// one state machine, allocated once ([`Route::call`]).
+/// One route's path: a request's whole path is one state machine, in its connection's task
+/// ([`HttpService::serve`]).
 pub struct RoutePath {
     timeout: Duration,
     per_try: Option<Duration>,
@@ -178,22 +185,19 @@ pub struct RoutePath {
 }
 
 impl RoutePath {
-    async fn serve(&self, req: ProxyRequest) -> Result<Response<ProxyBody>, BoxError> {
-        deadline::within(self.timeout, &self.cluster, req, |req, d| self.attempts(req, d)).await
-    }
-
-    /// The request's attempts. It stays here, in this frame, for all of them: each attempt
-    /// borrows it, so a retry needs no copy of it (a copy of the head per request was ~450
-    /// instructions, BENCHMARKS.md session 18).
-    async fn attempts(&self, mut req: ProxyRequest, d: Deadline) -> Result<Response<ProxyBody>, BoxError> {
+    /// The request's path: its deadline, then its attempts. The request stays here, in this
+    /// frame, for all of them: each attempt borrows it, so a retry needs no copy of it (a copy
+    /// of the head per request was ~450 instructions, BENCHMARKS.md session 18).
+    async fn serve(&self, mut req: ProxyRequest) -> Result<Response<ProxyBody>, BoxError> {
+        let d = deadline::begin(self.timeout, &self.cluster, req.headers())?;
         let Some(retry) = &self.retry else {
-            return self.attempt(&mut req, d, None).await;
+            return self.attempt(&mut req, &d, None).await;
         };
         let tried = TriedEndpoints::default();
         let mut attempts = retry.begin(&mut req, &d).await?;
         loop {
             attempts.prepare(&mut req);
-            let result = self.attempt(&mut req, d, Some(&tried)).await;
+            let result = self.attempt(&mut req, &d, Some(&tried)).await;
             match attempts.after(result) {
                 ControlFlow::Break(answer) => return answer,
                 ControlFlow::Continue(wait) => tokio::time::sleep(wait).await,
@@ -201,33 +205,56 @@ impl RoutePath {
         }
     }
 
-    /// One attempt: breaker, then bulkhead, then the per-try timeout around the send. Each
-    /// step gets a closure that makes the next step's future, so a breaker that fails fast or a
-    /// full bulkhead never builds it.
+    /// One attempt: the breaker's gate, a bulkhead slot, then the send within the attempt's
+    /// time; the outcome goes back to the breaker. One `async fn` with plain calls for the
+    /// steps around the send: each step an `async fn` of its own (around a closure making the
+    /// next) stored its arguments twice and its state beside the next step's future, and every
+    /// request wrote all of it (session 30: four steps gone, BENCHMARKS.md). A breaker that
+    /// fails fast or a full bulkhead never starts the send.
     async fn attempt(
         &self,
         req: &mut ProxyRequest,
-        d: Deadline,
+        d: &Deadline,
         tried: Option<&TriedEndpoints>,
     ) -> Result<Response<ProxyBody>, BoxError> {
-        match &self.breaker {
-            Some(breaker) => breaker.around(|| self.limited(req, d, tried)).await,
-            None => self.limited(req, d, tried).await,
+        let pending = match &self.breaker {
+            Some(breaker) => breaker.admit()?,
+            None => None,
+        };
+        let result = 'call: {
+            // The slot is kept until the response body ends or is dropped: a slow download
+            // still occupies the backend.
+            let permit = match &self.limit {
+                None => None,
+                Some(limit) => match limit.try_acquire() {
+                    Some(permit) => Some(permit),
+                    // Queued (or shed): boxed, so its timer and waiter are not part of every
+                    // request's state.
+                    None => match Box::pin(limit.acquire_until(Some(d))).await {
+                        Ok(permit) => Some(permit),
+                        Err(e) => break 'call Err(e),
+                    },
+                },
+            };
+            let time = match deadline::attempt(self.per_try, &self.cluster, d, req) {
+                Ok(time) => time,
+                Err(e) => break 'call Err(e),
+            };
+            match crate::proxy::timers::until(time.until, self.target.send(req, tried)).await {
+                Ok(Ok(mut resp)) => {
+                    if let Some(permit) = permit {
+                        resp.body_mut().hold(permit);
+                    }
+                    Ok(resp)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(()) => Err(time.expired(&self.cluster)),
+            }
+        };
+        if let Some(breaker) = &self.breaker {
+            breaker.report(pending, &result);
         }
-    }
-
-    async fn limited(
-        &self,
-        req: &mut ProxyRequest,
-        d: Deadline,
-        tried: Option<&TriedEndpoints>,
-    ) -> Result<Response<ProxyBody>, BoxError> {
-        let (per_try, cluster) = (self.per_try, &*self.cluster);
-        let send = |req| self.target.send(req, tried);
-        match &self.limit {
-            Some(limit) => limit.around(&d, || deadline::attempt(per_try, cluster, d, req, send)).await,
-            None => deadline::attempt(per_try, cluster, d, req, send).await,
-        }
+        result
     }
 }
 

@@ -1,9 +1,9 @@
 //! Deadlines: one overall budget per request, shared by every attempt, and passed upstream.
 //!
-//! [`within`] (outermost of the route's path) fixes the request's deadline: the route's
+//! [`begin`] (at the top of the route's path) fixes the request's deadline: the route's
 //! timeout, or the caller's `x-lifeline-timeout-ms` / `grpc-timeout` when that is shorter. It
 //! covers retries, backoff and queueing; when it runs out the caller gets `deadline_exceeded`
-//! (504). [`attempt`] (around each attempt) applies the per-try timeout and tells the
+//! (504). [`attempt`] (at the start of each attempt) applies the per-try timeout and tells the
 //! upstream how long it has left in the same header the caller used, so a chain of services
 //! shares one deadline instead of each hop starting a fresh timeout (research §3.7: Envoy,
 //! Istio and Linkerd users all ask for this).
@@ -18,11 +18,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use http::header::HeaderName;
-use http::{HeaderMap, Response};
+use http::HeaderMap;
 use tokio::time::Instant;
 
 use crate::error::{BoxError, ErrorKind, LifelineError};
-use crate::proxy::body::{Budget, ProxyBody, ProxyRequest};
+use crate::proxy::body::{Budget, ProxyRequest};
 use crate::proxy::headers::X_LIFELINE_TIMEOUT_MS;
 
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -92,21 +92,16 @@ fn incoming_budget(headers: &HeaderMap) -> Result<Option<(Duration, bool)>, Life
     Ok(None)
 }
 
-/// Runs `inner` within the request's overall deadline: the route's `timeout`, or the caller's
-/// own budget when that is shorter. `inner` gets the request and the deadline (shared by every
-/// attempt) and ends every wait by it (see the module's notes); when it runs out, the caller
-/// gets `deadline_exceeded`.
-pub async fn within<F, Fut>(
-    timeout: Duration,
-    cluster: &str,
-    req: ProxyRequest,
-    inner: F,
-) -> Result<Response<ProxyBody>, BoxError>
-where
-    F: FnOnce(ProxyRequest, Deadline) -> Fut,
-    Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
-{
-    let (budget, grpc, from_caller) = match incoming_budget(req.headers()) {
+/// Fixes the request's overall deadline: the route's `timeout`, or the caller's own budget
+/// when that is shorter. Every attempt shares it and ends every wait by it (see the module's
+/// notes); when it runs out, the caller gets `deadline_exceeded`. A malformed budget is the
+/// caller's error (400), a zero one runs out at once.
+///
+/// A plain function the route's path calls at its top, not an `async fn` around the rest of
+/// the path: each `async fn` step stores its arguments twice and its own state beside the
+/// next step's future, all of it written per request.
+pub fn begin(timeout: Duration, cluster: &str, headers: &HeaderMap) -> Result<Deadline, BoxError> {
+    let (budget, grpc, from_caller) = match incoming_budget(headers) {
         Err(e) => return Err(e.boxed()),
         Ok(Some((d, grpc))) if d < timeout => (d, grpc, true),
         Ok(Some((_, grpc))) => (timeout, grpc, false),
@@ -116,7 +111,7 @@ where
     if budget.is_zero() {
         return Err(deadline.expired(cluster));
     }
-    inner(req, deadline).await
+    Ok(deadline)
 }
 
 /// Runs `wait` (a wait outside an attempt: a body read for a replay) until the deadline.
@@ -130,20 +125,42 @@ where
     }
 }
 
-/// Runs one attempt (`send`) within the per-try timeout and what is left of `deadline`, and
-/// tells the upstream how long it has left, in the header the caller used (set, not added:
-/// every attempt of a request sends the same request).
-pub async fn attempt<'r, F, Fut>(
+/// One attempt's time: until the per-try timeout or what is left of the request's deadline,
+/// whichever comes first ([`attempt`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Try {
+    /// When the attempt's timer fires.
+    pub until: Instant,
+    budget: Duration,
+    /// The per-try timeout, not the deadline, is what ends the attempt.
+    per_try_binding: bool,
+}
+
+impl Try {
+    /// The answer for an attempt whose time ran out.
+    pub fn expired(&self, cluster: &str) -> BoxError {
+        let (kind, what) = if self.per_try_binding {
+            (ErrorKind::UpstreamTimeout, "per-try timeout")
+        } else {
+            (ErrorKind::DeadlineExceeded, "deadline")
+        };
+        LifelineError::new(kind, format!("no answer from cluster {cluster} within the {what} of {:?}", self.budget))
+            .with_cluster(cluster)
+            .boxed()
+    }
+}
+
+/// Starts one attempt: its time is the per-try timeout or what is left of `deadline`, and the
+/// upstream is told how long it has, in the header the caller used (set, not added: every
+/// attempt of a request sends the same request). The caller runs the send until
+/// [`Try::until`] and answers [`Try::expired`] if it did not finish by then. `Err` when no
+/// time is left for an attempt at all.
+pub fn attempt(
     per_try: Option<Duration>,
     cluster: &str,
-    deadline: Deadline,
-    req: &'r mut ProxyRequest,
-    send: F,
-) -> Result<Response<ProxyBody>, BoxError>
-where
-    F: FnOnce(&'r mut ProxyRequest) -> Fut,
-    Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
-{
+    deadline: &Deadline,
+    req: &mut ProxyRequest,
+) -> Result<Try, BoxError> {
     let now = crate::proxy::clock::now();
     let left = deadline.at.saturating_duration_since(now);
     let budget = per_try.map_or(left, |p| left.min(p));
@@ -158,20 +175,7 @@ where
         .with_cluster(cluster)
         .boxed());
     }
-    let per_try_binding = per_try.is_some_and(|p| p <= budget);
-    match crate::proxy::timers::until(now + budget, send(req)).await {
-        Ok(result) => result,
-        Err(_) => {
-            let (kind, what) = if per_try_binding {
-                (ErrorKind::UpstreamTimeout, "per-try timeout")
-            } else {
-                (ErrorKind::DeadlineExceeded, "deadline")
-            };
-            Err(LifelineError::new(kind, format!("no answer from cluster {cluster} within the {what} of {budget:?}"))
-                .with_cluster(cluster)
-                .boxed())
-        }
-    }
+    Ok(Try { until: now + budget, budget, per_try_binding: per_try.is_some_and(|p| p <= budget) })
 }
 
 #[cfg(test)]

@@ -6,12 +6,10 @@
 //! is shed at once with `overloaded` (503). Never an unbounded queue: Linkerd's failfast queue
 //! and Envoy's `max_pending_requests` are the models (research §1A).
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Response;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -20,7 +18,6 @@ use super::deadline::Deadline;
 use super::Problems;
 use crate::config::Dur;
 use crate::error::{BoxError, ErrorKind, LifelineError};
-use crate::proxy::body::ProxyBody;
 use crate::telemetry::names;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -157,13 +154,20 @@ impl Limiter {
         self.acquire_until(None).await
     }
 
+    /// A free slot, taken without waiting, when nobody is queued for one (a request never
+    /// overtakes the queue). `None`: [`Limiter::acquire_until`] queues or sheds.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        let slots = &self.slots;
+        (slots.waiting.load(Ordering::SeqCst) == 0 && slots.try_take()).then(|| Permit(slots.clone()))
+    }
+
     /// [`Limiter::acquire`], waiting no longer than the request's `deadline` when that comes
     /// before the queue timeout (then the answer is the deadline's, `deadline_exceeded`).
     pub async fn acquire_until(&self, deadline: Option<&Deadline>) -> Result<Permit, BoxError> {
-        let slots = &self.slots;
-        if slots.waiting.load(Ordering::SeqCst) == 0 && slots.try_take() {
-            return Ok(Permit(slots.clone()));
+        if let Some(permit) = self.try_acquire() {
+            return Ok(permit);
         }
+        let slots = &self.slots;
         let queued = self
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.config.max_pending).then_some(n + 1));
@@ -198,19 +202,6 @@ impl Limiter {
                 Err(self.overloaded(&format!("no slot freed within {}", self.config.queue_timeout)))
             }
         }
-    }
-
-    /// Runs `call` holding a slot (not at all when none is free), and keeps the slot until the
-    /// response body ends or is dropped: a slow download still occupies the backend.
-    pub async fn around<F, Fut>(&self, deadline: &Deadline, call: F) -> Result<Response<ProxyBody>, BoxError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
-    {
-        let permit = self.acquire_until(Some(deadline)).await?;
-        let mut resp = call().await?;
-        resp.body_mut().hold(permit);
-        Ok(resp)
     }
 }
 

@@ -42,56 +42,54 @@ impl ClusterService {
         req: &mut ProxyRequest,
         tried: Option<&TriedEndpoints>,
     ) -> Result<Response<ProxyBody>, BoxError> {
-        dispatch(self, tried, req).await
-    }
-}
-
-async fn dispatch(
-    svc: &ClusterService,
-    tried: Option<&TriedEndpoints>,
-    req: &mut ProxyRequest,
-) -> Result<Response<ProxyBody>, BoxError> {
-    let (cluster, classifier) = (&*svc.cluster, svc.classifier);
-    cluster.wait_ready().await;
-    // One list for the endpoints earlier attempts tried and those this call tries (the ones
-    // from `start` on).
-    let local = TriedEndpoints::default();
-    let list = tried.unwrap_or(&local);
-    let start = list.len();
-    loop {
-        let Some(endpoint) = cluster.pick_avoiding(&|key: &str| list.contains(key)) else {
-            return Err(no_healthy(cluster));
-        };
-        if list.contains_since(start, &endpoint.key) {
-            // Every usable endpoint already refused the connection in this call.
-            let n = list.len() - start;
-            return Err(LifelineError::new(
-                ErrorKind::ConnectFailed,
-                format!("no endpoint of cluster {} accepted a connection ({n} tried)", cluster.name()),
-            )
-            .with_cluster(cluster.name())
-            .boxed());
-        }
-        list.push(&endpoint.key);
-        let result = crate::chaos::inject::send(&svc.faults, cluster, svc.route.as_deref(), &endpoint, req).await;
-        let outcome = match &result {
-            Ok(resp) => classifier.status(resp.status()),
-            Err(f) => classify_error(&f.error),
-        };
-        endpoint.record(outcome);
-        match result {
-            // Breaker and retry classify the answer again with the same classifier (a status
-            // match costs less than carrying the verdict in the response's extensions).
-            Ok(resp) => return Ok(resp),
-            // Whether another endpoint is left is asked only now: a snapshot load per request
-            // for the rare refused connection (~70 instructions, `bench/profile.py`).
-            Err(SendFailure { error, unsent: true })
-                if LifelineError::kind_of(&error) == ErrorKind::ConnectFailed
-                    && cluster.shared.endpoints.load().len() > list.len() - start =>
-            {
-                tracing::debug!(cluster = cluster.name(), endpoint = %endpoint.key, "connect failed; re-picking");
+        let (cluster, classifier) = (&*self.cluster, self.classifier);
+        cluster.wait_ready().await;
+        // One list for the endpoints earlier attempts tried and those this call tries (the ones
+        // from `start` on).
+        let local = TriedEndpoints::default();
+        let list = tried.unwrap_or(&local);
+        let start = list.len();
+        loop {
+            let Some(endpoint) = cluster.pick_avoiding(&|key: &str| list.contains(key)) else {
+                return Err(no_healthy(cluster));
+            };
+            if list.contains_since(start, &endpoint.key) {
+                // Every usable endpoint already refused the connection in this call.
+                let n = list.len() - start;
+                return Err(LifelineError::new(
+                    ErrorKind::ConnectFailed,
+                    format!("no endpoint of cluster {} accepted a connection ({n} tried)", cluster.name()),
+                )
+                .with_cluster(cluster.name())
+                .boxed());
             }
-            Err(f) => return Err(f.error),
+            list.push(&endpoint.key);
+            // With chaos faults in force, the send goes through them, boxed: their timers and
+            // states are not part of every request's.
+            let result = if self.faults.is_empty() {
+                cluster.send(&endpoint, req).await
+            } else {
+                Box::pin(crate::chaos::inject::send(&self.faults, cluster, self.route.as_deref(), &endpoint, req)).await
+            };
+            let outcome = match &result {
+                Ok(resp) => classifier.status(resp.status()),
+                Err(f) => classify_error(&f.error),
+            };
+            endpoint.record(outcome);
+            match result {
+                // Breaker and retry classify the answer again with the same classifier (a status
+                // match costs less than carrying the verdict in the response's extensions).
+                Ok(resp) => return Ok(resp),
+                // Whether another endpoint is left is asked only now: a snapshot load per request
+                // for the rare refused connection (~70 instructions, `bench/profile.py`).
+                Err(SendFailure { error, unsent: true })
+                    if LifelineError::kind_of(&error) == ErrorKind::ConnectFailed
+                        && cluster.shared.endpoints.load().len() > list.len() - start =>
+                {
+                    tracing::debug!(cluster = cluster.name(), endpoint = %endpoint.key, "connect failed; re-picking");
+                }
+                Err(f) => return Err(f.error),
+            }
         }
     }
 }

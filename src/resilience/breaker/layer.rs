@@ -1,6 +1,5 @@
 //! The breaker on the request path: read the gate, fail fast or call through, report the outcome.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use http::Response;
@@ -26,24 +25,29 @@ impl BreakerStep {
         BreakerStep { breaker, classifier }
     }
 
-    /// Runs `call` if the gate admits it (else fails fast, without calling it), and reports
-    /// its outcome. (`call` makes the future rather than being one: an `async fn` stores its
-    /// arguments and then moves them into its body, so a future passed in takes its size twice.)
-    pub async fn around<F, Fut>(&self, call: F) -> Result<Response<ProxyBody>, BoxError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Response<ProxyBody>, BoxError>>,
-    {
+    /// Reads the gate: `Err` (fail fast, the call is not made) when it is open, else what to
+    /// report the call's outcome to ([`BreakerStep::report`]; `None` when this call is not
+    /// recorded). Two plain calls around the attempt rather than an `async fn` wrapping it:
+    /// a step of its own stored its state and the call's future again, per request.
+    pub fn admit(&self) -> Result<Option<Pending<'_>>, BoxError> {
         match self.breaker.admit() {
             Admit::No { retry_after } => Err(self.breaker.open_error(retry_after)),
-            Admit::Yes { record: false, .. } => call().await,
-            Admit::Yes { epoch, probe, .. } => {
-                let pending =
-                    Pending { breaker: &self.breaker, epoch, probe, start: crate::proxy::clock::now(), done: false };
-                let result = call().await;
-                pending.finish(outcome_of(&self.classifier, &result));
-                result
-            }
+            Admit::Yes { record: false, .. } => Ok(None),
+            Admit::Yes { epoch, probe, .. } => Ok(Some(Pending {
+                breaker: &self.breaker,
+                epoch,
+                probe,
+                start: crate::proxy::clock::now(),
+                done: false,
+            })),
+        }
+    }
+
+    /// Reports the outcome of a call the gate admitted. A call dropped before it ends (the
+    /// caller went away) reports nothing and gives a probe permit back (`Pending`'s drop).
+    pub fn report(&self, pending: Option<Pending<'_>>, result: &Result<Response<ProxyBody>, BoxError>) {
+        if let Some(pending) = pending {
+            pending.finish(outcome_of(&self.classifier, result));
         }
     }
 }
@@ -51,7 +55,7 @@ impl BreakerStep {
 /// Reports the call's outcome once; if the call is dropped first, gives a probe permit back.
 /// It borrows the breaker (the route holds it): a clone of the `Arc` would write its count,
 /// on a cache line every proxy worker writes, twice per request.
-struct Pending<'a> {
+pub struct Pending<'a> {
     breaker: &'a Breaker,
     epoch: u64,
     probe: bool,
