@@ -273,11 +273,12 @@ impl Conn {
         peer: SocketAddr,
         has_body: bool,
     ) -> Option<Response<ProxyBody>> {
-        let call = handler.call(req, peer);
+        // Pinned where it is made, then awaited through the pin: awaited by value, the
+        // request's whole future (~2 KB) was moved into the await's own slot.
+        let mut call = std::pin::pin!(handler.call(req, peer));
         if has_body {
             return Some(call.await);
         }
-        tokio::pin!(call);
         let mut watching = true;
         poll_fn(|cx| {
             if let Poll::Ready(resp) = call.as_mut().poll(cx) {

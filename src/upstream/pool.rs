@@ -61,7 +61,17 @@ pub struct ConnPool {
     host: Box<str>,
     cfg: PoolConfig,
     /// `[0]`: threads that are not proxy workers; `[i + 1]`: worker `i`.
-    slots: Box<[Mutex<Vec<Idle>>]>,
+    slots: Box<[Arc<Slot>]>,
+}
+
+/// One thread's idle connections, and where a response body hands its connection back (it
+/// holds the slot, not the pool). Its own allocation on its own cache lines: its lock, and the
+/// count of the body's handle, are written on every request. With the lists packed side by
+/// side and the bodies holding the pool, both workers wrote the same lines on every request.
+#[repr(align(128))]
+struct Slot {
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -70,13 +80,13 @@ impl std::fmt::Debug for ConnPool {
     }
 }
 
-impl h1::Release for ConnPool {
+impl h1::Release for Slot {
     fn release(&self, conn: Conn) {
-        if self.cfg.max_idle == 0 {
+        if self.max_idle == 0 {
             return;
         }
-        let mut list = self.slot().lock().unwrap_or_else(|p| p.into_inner());
-        if list.len() < self.cfg.max_idle {
+        let mut list = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() < self.max_idle {
             list.push(Idle { conn, since: crate::proxy::clock::now() });
         }
     }
@@ -89,18 +99,18 @@ impl ConnPool {
             addr,
             host: addr.to_string().into(),
             cfg,
-            slots: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            slots: (0..n).map(|_| Arc::new(Slot { idle: Mutex::new(Vec::new()), max_idle: cfg.max_idle })).collect(),
         })
     }
 
-    fn slot(&self) -> &Mutex<Vec<Idle>> {
+    fn slot(&self) -> &Arc<Slot> {
         let i = workers::current().map_or(0, |w| w + 1);
         self.slots.get(i).unwrap_or(&self.slots[0])
     }
 
     /// The newest idle connection; with `peek`, one the kernel says the backend has not closed.
     fn take_idle(&self, peek: bool) -> Option<Conn> {
-        let mut list = self.slot().lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = self.slot().idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(idle) = list.pop() {
             if if peek { idle.conn.is_usable() } else { idle.conn.is_quiet() } {
                 return Some(idle.conn);
@@ -111,14 +121,14 @@ impl ConnPool {
 
     /// Idle connections over all threads (admin API, tests).
     pub fn idle_count(&self) -> usize {
-        self.slots.iter().map(|s| s.lock().map(|l| l.len()).unwrap_or(0)).sum()
+        self.slots.iter().map(|s| s.idle.lock().map(|l| l.len()).unwrap_or(0)).sum()
     }
 
     /// Closes connections idle for longer than `idle_timeout` or already closed by the peer.
     pub fn evict_idle(&self) {
         let now = crate::proxy::clock::now();
         for slot in self.slots.iter() {
-            let mut list = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut list = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
             list.retain(|i| now.duration_since(i.since) < self.cfg.idle_timeout && i.conn.is_usable());
         }
     }
@@ -147,7 +157,7 @@ impl ConnPool {
     /// DELETE) skips that syscall, as nginx and HAProxy do: if the connection turns out closed
     /// before one byte of an answer, it is sent again, once, on a connection checked the careful
     /// way (RFC 9112 §9.3.1 allows this for idempotent requests).
-    pub async fn send(self: &Arc<Self>, req: &mut ProxyRequest) -> Result<Response<ProxyBody>, SendError> {
+    pub async fn send(&self, req: &mut ProxyRequest) -> Result<Response<ProxyBody>, SendError> {
         let mut blind = crate::proxy::headers::idempotent(req.method()) && http_body::Body::is_end_stream(req.body());
         loop {
             let (conn, reused) = match self.take_idle(!blind) {
@@ -157,7 +167,9 @@ impl ConnPool {
                     Err(why) => return Err(SendError::Connect(why)),
                 },
             };
-            match h1::exchange(conn, req, &self.host, self.clone(), reused && blind).await {
+            // The body hands the connection back to this thread's list.
+            let home = self.slot().clone();
+            match h1::exchange(conn, req, &self.host, home, reused && blind).await {
                 Ok(resp) => return Ok(resp),
                 Err(Failure::Stale(why)) => {
                     tracing::debug!(endpoint = %self.addr, %why, "kept-alive connection was closed; sending the idempotent request again");
