@@ -15,23 +15,29 @@ use super::failover::{self, Mode, Plan};
 use super::{health, outlier, resolve, Shared};
 use crate::telemetry::names;
 
-/// Evaluation period when nothing wakes the controller earlier. Bounds how late an ejection ends
-/// and how coarse a slow-start ramp is.
-const TICK: Duration = Duration::from_millis(100);
-/// How often idle upstream connections past their `idle_timeout` are closed.
+/// Evaluation period while something moves on its own: a slow-start ramp (how coarse it is),
+/// failures in an endpoint's `failure_percentage` window (how late the detection is), an
+/// ejection held back by `max_ejected_percent`.
+pub(super) const TICK: Duration = Duration::from_millis(100);
+/// How often idle upstream connections past their `idle_timeout` are closed: the longest the
+/// controller sleeps when nothing rings it.
 const POOL_SWEEP: Duration = Duration::from_secs(1);
 
 /// Runs until aborted.
+///
+/// Rung by what changes an endpoint's state (a health check's verdict, the request path
+/// crossing a consecutive-failure threshold, an operator, DNS), it otherwise wakes when the next
+/// known change is due ([`next_look`]): an ejection's or a failback hold's end, a decay. A calm
+/// cluster costs one wake-up a second, not ten (an idle sidecar's CPU, on every pod).
 pub async fn run(shared: Arc<Shared>) {
     let mut checkers: HashMap<Arc<str>, (Arc<Endpoint>, AbortOnDropHandle<()>)> = HashMap::new();
     let mut gauges: HashMap<Arc<str>, (bool, bool)> = HashMap::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_sweep = Instant::now();
+    let mut look_at = Instant::now();
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
-            _ = shared.wake.notified() => {}
+            () = tokio::time::sleep_until(look_at) => {}
+            () = shared.wake.notified() => {}
         }
         let endpoints = shared.endpoints.load_full();
         if let Some(hc) = &shared.config.policy.health_check {
@@ -55,7 +61,34 @@ pub async fn run(shared: Arc<Shared>) {
         publish(&shared, now, true);
         shared.check_warm(now);
         update_gauges(&shared, &endpoints, now, &mut gauges);
+        look_at = next_look(&shared, &endpoints, now, next_sweep);
     }
+}
+
+/// When the controller must look again if nothing rings it first: the next pool sweep, an
+/// ejection's, a hold's or a decay period's end, or [`TICK`] from `now` while something changes
+/// continuously or is only seen by looking (a ramp; failures in a `failure_percentage` window,
+/// which the path does not ring about; an ejection the cap held back).
+pub fn next_look(shared: &Shared, endpoints: &[Arc<Endpoint>], now: Instant, sweep: Instant) -> Instant {
+    let outlier = &shared.config.policy.outlier;
+    let watch_rate = outlier.enabled && outlier.failure_percentage.is_some();
+    let soon = now + TICK;
+    let mut at = sweep;
+    for e in endpoints {
+        let h = e.state.health();
+        let due = [h.ejection.as_ref().map(|j| j.until), h.hold_until, h.decay_due, h.ramp_from];
+        for t in due.into_iter().flatten().filter(|t| *t > now) {
+            at = at.min(t);
+        }
+        // Unusable (ejected, unhealthy) it stays at zero until a deadline above or a ring.
+        let ramping = h.ramp_from.is_some_and(|from| from <= now)
+            && h.ejection.is_none()
+            && h.active == super::endpoint::ActiveState::Healthy;
+        if ramping || h.skip_logged || (watch_rate && e.state.window.totals().1 > 0) {
+            at = at.min(soon);
+        }
+    }
+    at.max(now)
 }
 
 /// Computes the plan from the endpoints' current state and publishes it if it changed,

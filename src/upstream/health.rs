@@ -48,8 +48,9 @@ pub async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>, hc: HealthCheckCo
         let result = probe(endpoint.addr, &endpoint.config.address, &hc).await;
         if result.is_ok() { &pass } else { &fail }.increment(1);
         let now = Instant::now();
-        let (changes, changing) = {
+        let (changes, changing, first) = {
             let mut h = endpoint.state.health();
+            let first = h.last_check.is_none();
             let changes = apply(&mut h, result, now, &hc, &shared.config.policy.failover);
             // HAProxy's `fastinter`: going down, coming up, unchecked, ejected or on probation.
             // A fully down endpoint is probed at the normal interval (`downinter`).
@@ -58,8 +59,10 @@ pub async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>, hc: HealthCheckCo
                 ActiveState::Unhealthy => h.passes > 0,
                 ActiveState::Healthy => h.fails > 0 || h.hold_until.is_some_and(|t| now < t),
             } || h.ejection.is_some();
-            (changes, changing)
+            (changes, changing, first)
         };
+        // The first check may be what the cluster's warm-up waits for (`wait_first_check`).
+        let ring = first || !changes.is_empty();
         if !changes.is_empty() {
             for (kind, message, evidence) in changes {
                 if kind == "reinstated" {
@@ -68,6 +71,8 @@ pub async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>, hc: HealthCheckCo
                 }
                 shared.event(kind, Some(&endpoint), message, evidence);
             }
+        }
+        if ring {
             shared.wake.notify_one();
         }
         let base = if changing { hc.transition_interval } else { hc.interval };

@@ -202,6 +202,48 @@ async fn ejection_ends_by_time_and_the_multiplier_decays_only_with_successes() {
     assert_eq!(kinds, vec!["ejected", "reinstated"]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_calm_cluster_is_looked_at_once_a_second_and_a_moving_one_sooner() {
+    use crate::classify::{FailureKind, Outcome};
+    use crate::error::ErrorKind;
+    let yaml = concat!(
+        "clusters:\n  pay:\n    outlier: { base_ejection: 10s, ejection_jitter: 0s, failure_percentage: 50% }\n",
+        "    failover: { slow_start: 30s }\n    endpoints:\n",
+        "      - { address: 127.0.0.1:1 }\n      - { address: 127.0.0.1:2 }\nroutes:\n  - { cluster: pay }\n"
+    );
+    let config = Config::from_yaml("t.yaml", yaml).unwrap();
+    let cluster = Cluster::build(&config.clusters["pay"], None, resolve::system());
+    let (shared, endpoints) = (cluster.shared().clone(), cluster.endpoints());
+    let (a, b) = (endpoints[0].clone(), endpoints[1].clone());
+    let t0 = Instant::now();
+    let (sweep, tick) = (t0 + Duration::from_secs(1), t0 + Duration::from_millis(100));
+    let look = |now| controller::next_look(&shared, &endpoints, now, sweep);
+    b.record(Outcome::Success);
+    assert_eq!(look(t0), sweep, "nothing moves: the next pool sweep");
+    // Ejected for 10 s: it ends after the sweep, which comes first; the end itself is awaited.
+    for _ in 0..3 {
+        a.record(Outcome::NotSent(ErrorKind::ConnectFailed));
+    }
+    outlier::evaluate(&shared, &endpoints, t0);
+    assert!(a.state.health().ejection.is_some());
+    a.state.window.reset();
+    assert_eq!(look(t0), sweep);
+    let ends = t0 + Duration::from_secs(10);
+    assert_eq!(controller::next_look(&shared, &endpoints, t0, ends + Duration::from_secs(1)), ends);
+    // Back in service: the slow-start ramp moves on its own, looked at every tick.
+    outlier::evaluate(&shared, &endpoints, ends);
+    assert!(a.state.health().ejection.is_none() && a.state.health().ramp_from == Some(ends));
+    let during = ends + Duration::from_secs(1);
+    let next = controller::next_look(&shared, &endpoints, during, during + Duration::from_secs(1));
+    assert_eq!(next, during + controller::TICK);
+    a.state.health().ramp_from = None;
+    a.state.health().decay_due = None;
+    assert_eq!(look(t0), sweep);
+    // A failure in a failure_percentage window: the path does not ring, the controller looks.
+    b.record(Outcome::Failure(FailureKind::Status(500)));
+    assert_eq!(look(t0), tick);
+}
+
 fn pool_config() -> super::pool::PoolConfig {
     super::pool::PoolConfig {
         connect_timeout: Duration::from_secs(1),

@@ -18,6 +18,10 @@ use tokio::time::Instant;
 use super::config::BreakerConfig;
 use super::window::{Figures, Sliding};
 
+/// How soon the policy task takes uncounted successes that may decide the state (see
+/// [`Core::successes_due`]).
+pub const SOON: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
@@ -128,6 +132,27 @@ impl Core {
     /// When the breaker will next change on its own (the end of the open period).
     pub fn next_deadline(&self) -> Option<Instant> {
         (self.state == State::Open).then_some(self.open_until)
+    }
+
+    /// When the policy task must next take the successes the path counted without ringing it
+    /// ([`super::Successes`]), and whether that moment is the end of a time bucket (what was
+    /// counted before it belongs in that bucket). `None`: nothing is lost by waiting for the
+    /// next failure, probe or operator command.
+    ///
+    /// While closed, a success only lowers the rates, except the one that brings the window to
+    /// `min_calls` with failures or slow calls already in it: it may trip the breaker, so those
+    /// are taken [`SOON`]. Otherwise a time window needs its successes at each bucket's end, so
+    /// that they count in the bucket they happened in, and a count window needs them with the
+    /// next failure only (the path sends those with the successes before them). Half-open or
+    /// open (in dry run calls still pass), each success may decide: [`SOON`] as well.
+    pub fn successes_due(&self, now: Instant) -> Option<(Instant, bool)> {
+        if self.state == State::Closed {
+            let f = self.window.figures(now);
+            if f.calls >= self.cfg.min_calls || (f.failures == 0 && f.slow == 0) {
+                return self.window.bucket_end(now).map(|end| (end, true));
+            }
+        }
+        Some((now + SOON, false))
     }
 
     /// The figures right now.

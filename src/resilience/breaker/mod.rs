@@ -98,8 +98,9 @@ pub struct Breaker {
     /// Plain successes not yet taken by the policy task.
     successes: Arc<Successes>,
     /// Wakes the policy task. Plain successes do not ring it (they cannot change the state); the
-    /// task takes them with the next failure, probe or its periodic drain, so a busy breaker
-    /// costs the path an add to its worker's own counter, not a task wake-up per request.
+    /// task takes them with the next failure or probe, or when its window needs them
+    /// ([`core::Core::successes_due`]), so a busy breaker costs the path an add to its worker's
+    /// own counter, not a task wake-up per request.
     wake: Arc<Notify>,
     status: Arc<Mutex<Status>>,
     task: tokio::task::JoinHandle<()>,

@@ -110,23 +110,39 @@ fn gauge_value(mode: Mode, state: State) -> f64 {
     }
 }
 
-/// Successes that nobody rang about are drained at least this often (bounds the queue).
-const DRAIN_EVERY: Duration = Duration::from_millis(50);
-
 pub(super) async fn run(mut core: Core, mut ctx: Ctx, rx: Receiver<Msg>, successes: Arc<Successes>, wake: Arc<Notify>) {
     // Outcomes carry the time they happened; processing never goes back in time.
     let mut last = Instant::now();
     loop {
-        let drain_at = Instant::now() + DRAIN_EVERY;
-        let wake_at = core.next_deadline().map_or(drain_at, |d| d.min(drain_at));
+        // Successes nobody rang about are taken when the core needs them (a closed breaker with
+        // a time window: at the end of each bucket, about once a second; idle or busy, that is
+        // the task's only wake-up).
+        let due = core.successes_due(Instant::now());
+        let wake_at = match (core.next_deadline(), due.map(|(at, _)| at)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sleep = async {
+            match wake_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = wake.notified() => {}
-            _ = tokio::time::sleep_until(wake_at) => {}
+            () = sleep => {}
+        }
+        let now = Instant::now().max(last);
+        if let Some((end, true)) = due.filter(|(end, _)| now >= *end) {
+            // The bucket has ended: what was counted since the last take happened in it (the
+            // take before was at its start or later), so that is where it counts.
+            let at = end.checked_sub(Duration::from_nanos(1)).unwrap_or(end).max(last);
+            let taken = successes.take_all(ctx.epoch);
+            record_successes(&mut core, &mut ctx, taken, at);
         }
         // The successes counted up to now, before the messages that woke the task: each message
         // carries those of its own thread that came before it.
-        let now = Instant::now().max(last);
         last = now;
         if let Some(t) = core.tick(now) {
             ctx.apply(&core, t, None);

@@ -322,3 +322,53 @@ fn a_success_of_an_older_epoch_never_replaces_newer_ones() {
     s.count(u64::from(u32::MAX) + 1);
     assert_eq!(s.take_all(u64::from(u32::MAX) + 1), 1);
 }
+
+/// Calls in the breaker's window, as `GET /breakers` shows them.
+async fn window_calls(b: &Breaker) -> u64 {
+    let snap = b.snapshot().await;
+    snap["window"]["calls"].as_u64().unwrap_or_else(|| panic!("no window figures in {snap}"))
+}
+
+/// Lets the policy task run what the clock made due.
+async fn settle() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn successes_nobody_rang_about_count_in_the_bucket_they_happened_in() {
+    // 10 s in 1 s buckets. The successes at 0.3 s are taken by the task on its own (no sync,
+    // no failure rings it) and belong to the first bucket: in the window until 10 s, not after.
+    let b = Breaker::spawn("w", "w", BreakerConfig::default(), Mode::Normal, Vec::new());
+    let t0 = Instant::now();
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let Admit::Yes { epoch, .. } = b.admit() else { panic!("closed") };
+    (0..100).for_each(|_| b.record(epoch, false, false, false));
+    tokio::time::advance(Duration::from_millis(1_200)).await;
+    settle().await;
+    assert_eq!(b.successes.take_all(epoch), 0, "taken at the end of their bucket, without a ring");
+    tokio::time::sleep_until(t0 + Duration::from_millis(9_999)).await;
+    assert_eq!(window_calls(&b).await, 100);
+    tokio::time::sleep_until(t0 + Duration::from_secs(10)).await;
+    assert_eq!(window_calls(&b).await, 0, "counted in the bucket of 0.3 s, which has left the window");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_that_fills_the_window_to_min_calls_still_trips_soon() {
+    // Two failures, then two successes bring the window to its four calls at 50%: the second
+    // success trips it. Successes do not ring the task, but with failures short of `min_calls`
+    // in the window it takes them within `SOON`, not at the end of the bucket.
+    let cfg = BreakerConfig { min_calls: 4, open_jitter: Percent(0), ..BreakerConfig::default() };
+    let b = Breaker::spawn("m", "m", cfg, Mode::Normal, Vec::new());
+    let Admit::Yes { epoch, .. } = b.admit() else { panic!("closed") };
+    b.record(epoch, true, false, false);
+    b.record(epoch, true, false, false);
+    b.sync().await;
+    assert_eq!(b.gate.load().2, State::Closed, "2 calls, under min_calls");
+    b.record(epoch, false, false, false);
+    b.record(epoch, false, false, false);
+    tokio::time::advance(super::core::SOON + Duration::from_millis(1)).await;
+    settle().await;
+    assert_eq!(b.gate.load().2, State::Open, "4 calls, 2 failed");
+}

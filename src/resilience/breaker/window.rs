@@ -140,6 +140,18 @@ impl Sliding {
         }
     }
 
+    /// The end of the time bucket `now` falls in; `None` for a count window, which has no time.
+    pub fn bucket_end(&self, now: Instant) -> Option<Instant> {
+        match self {
+            Sliding::Count { .. } => None,
+            Sliding::Time { width, origin, .. } => {
+                let w = width.as_nanos().max(1);
+                let into = now.saturating_duration_since(*origin).as_nanos() % w;
+                now.checked_add(Duration::from_nanos(u64::try_from(w - into).unwrap_or(u64::MAX)))
+            }
+        }
+    }
+
     /// Forgets every call (on each state change, so a new period is judged on its own calls).
     pub fn clear(&mut self) {
         match self {
@@ -178,5 +190,20 @@ mod tests {
         // A slot reused by a later bucket starts from zero.
         w.record(true, false, t0 + Duration::from_secs(20));
         assert_eq!(w.figures(t0 + Duration::from_secs(20)), Figures { calls: 1, failures: 1, slow: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_ends_where_the_next_begins() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let w = Sliding::new(Window::Time(Duration::from_secs(10)), t0);
+        assert_eq!(w.bucket_end(t0), Some(t0 + ms(1_000)));
+        assert_eq!(w.bucket_end(t0 + ms(2_300)), Some(t0 + ms(3_000)));
+        assert_eq!(w.bucket_end(t0 + ms(2_999)), Some(t0 + ms(3_000)));
+        assert_eq!(w.bucket_end(t0 + ms(3_000)), Some(t0 + ms(4_000)), "the end is the next bucket's start");
+        let end = t0 + ms(3_000);
+        let last = end - Duration::from_nanos(1);
+        assert_eq!(Sliding::bucket_index(t0, ms(1_000), last), 2, "a call just before the end is in the bucket");
+        assert_eq!(Sliding::new(Window::Count(5), t0).bucket_end(t0), None);
     }
 }
