@@ -12,7 +12,9 @@ started fresh, warmed up, then measured:
     corrected), minus the direct path's latency measured in the same round;
   - CPU per request (utime+stime of the peer's processes / requests) at the fixed rate and
     at max throughput; peak RSS (VmHWM, summed over the peer's processes) after the HTTP/1.1 runs
-    (64 then 256 connections) and after everything (h2c 256 included).
+    (64 then 256 connections) and after everything (h2c 256 included);
+  - CPU while idle (ms per second, over --idle-duration once the fixed-rate run's connections
+    have closed): what the peer's own timers cost a pod that has no traffic.
 Medians over rounds go to stdout (markdown) and, with all raw numbers, to bench/results/.
 """
 
@@ -121,6 +123,25 @@ def cpu_seconds(p):
     return sum(user_system(p))
 
 
+def run_seconds(p):
+    """Time on CPU of every thread of `p` and its process group (/proc/PID/task/TID/schedstat, in
+    nanoseconds; clock ticks are 10 ms, too coarse for a few idle seconds). Threads that exit are
+    not counted: for a window in which none does."""
+    ns = 0
+    for pid in group_pids(p):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    ns += int(f.read().split()[0])
+            except (OSError, IndexError, ValueError):
+                pass
+    return ns / 1e9
+
+
 def peak_rss_mib(p):
     kb = 0
     for pid in group_pids(p):
@@ -210,6 +231,12 @@ def measure(name, proc, args, lifeline_bin):
     if proc:
         r["fixed"]["cpu_us_per_req"] = (cpu_seconds(proc) - c0) * 1e6 / max(1, r["fixed"]["requests"])
         r["peak_rss_mib"] = peak_rss_mib(proc)
+        # Idle: the load generator's connections are closed; what the peer's own timers cost
+        # (a sidecar sits on every pod, busy or not).
+        time.sleep(0.5)
+        c0 = run_seconds(proc)
+        time.sleep(args.idle_duration)
+        r["idle_cpu_ms_per_s"] = (run_seconds(proc) - c0) * 1e3 / args.idle_duration
     return r
 
 
@@ -220,6 +247,7 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per throughput run")
     ap.add_argument("--latency-duration", type=int, default=10, help="seconds of the fixed-rate run")
     ap.add_argument("--rate", type=int, default=5000, help="fixed rate for added latency (req/s)")
+    ap.add_argument("--idle-duration", type=int, default=3, help="seconds of the idle CPU measurement")
     ap.add_argument("--peers", default="direct,lifeline,haproxy,nginx,haproxy-eq,nginx-eq",
                     help="haproxy-eq and nginx-eq: the peers doing the header work Lifeline does (bench/peers.py)")
     ap.add_argument("--lifeline", default=os.path.join(ROOT, "target/release/lifeline"))
@@ -229,7 +257,7 @@ def main():
     if os.environ.get("LIFELINE_BENCH_WITHOUT"):
         sys.exit("bench.py measures Lifeline with every resilience layer on: unset LIFELINE_BENCH_WITHOUT")
     if args.quick:
-        args.rounds, args.duration, args.latency_duration = 1, 2, 3
+        args.rounds, args.duration, args.latency_duration, args.idle_duration = 1, 2, 3, 1
     names = args.peers.split(",")
     if args.compare:
         names.append("lifeline-alt")

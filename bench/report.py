@@ -90,14 +90,14 @@ def tables(raw, args, threads):
                    + " | ".join(fmt(a) for a in added) + f" | {fmt(med(m[n], 'fixed', 'errors'))} |")
     out.append("")
     out.append("### Cost\n")
-    out.append(f"| peer | CPU µs/req at {args.rate}/s | CPU µs/req at max (c64) | peak RSS MiB, HTTP/1.1 c256 | peak RSS MiB, all runs (h2c c256) |")
-    out.append("|---|---:|---:|---:|---:|")
+    out.append(f"| peer | CPU µs/req at {args.rate}/s | CPU µs/req at max (c64) | peak RSS MiB, HTTP/1.1 c256 | peak RSS MiB, all runs (h2c c256) | idle CPU ms/s |")
+    out.append("|---|---:|---:|---:|---:|---:|")
     for n in names:
         if n == "direct":
             continue
         out.append(f"| {n} | {fmt(med(m[n], 'fixed', 'cpu_us_per_req'), '{:.1f}')} | "
                    f"{fmt(med(m[n], 'h1_c64', 'cpu_us_per_req'), '{:.1f}')} | {fmt(med(m[n], 'peak_rss_h1_mib'), '{:.1f}')} | "
-                   f"{fmt(med(m[n], 'peak_rss_mib'), '{:.1f}')} |")
+                   f"{fmt(med(m[n], 'peak_rss_mib'), '{:.1f}')} | {fmt(med(m[n], 'idle_cpu_ms_per_s'), '{:.2f}')} |")
     out.append("")
     for me in (x for x in ("lifeline", "lifeline-alt") if x in names):
         out.append(f"### {me} relative to the peers (>1 is better for throughput, <1 for cost)\n")
