@@ -13,8 +13,8 @@ started fresh, warmed up, then measured:
   - CPU per request (utime+stime of the peer's processes / requests) at the fixed rate and
     at max throughput; peak RSS (VmHWM, summed over the peer's processes) after the HTTP/1.1 runs
     (64 then 256 connections) and after everything (h2c 256 included);
-  - CPU while idle (ms per second, over --idle-duration once the fixed-rate run's connections
-    have closed): what the peer's own timers cost a pod that has no traffic.
+  - CPU while idle (ms per second, over --idle-duration from 1.5 s after the fixed-rate run's
+    connections closed): what the peer's own timers cost a pod that has no traffic.
 Medians over rounds go to stdout (markdown) and, with all raw numbers, to bench/results/.
 """
 
@@ -232,8 +232,10 @@ def measure(name, proc, args, lifeline_bin):
         r["fixed"]["cpu_us_per_req"] = (cpu_seconds(proc) - c0) * 1e6 / max(1, r["fixed"]["requests"])
         r["peak_rss_mib"] = peak_rss_mib(proc)
         # Idle: the load generator's connections are closed; what the peer's own timers cost
-        # (a sidecar sits on every pod, busy or not).
-        time.sleep(0.5)
+        # (a sidecar sits on every pod, busy or not). From 1.5 s after the run: Lifeline gives
+        # the burst's memory back at the first second's check (proxy::release), a cost of the
+        # burst, not of idling.
+        time.sleep(1.5)
         c0 = run_seconds(proc)
         time.sleep(args.idle_duration)
         r["idle_cpu_ms_per_s"] = (run_seconds(proc) - c0) * 1e3 / args.idle_duration

@@ -79,7 +79,8 @@ pub struct RawOutlier {
     #[serde(default)]
     pub consecutive_gateway_failures: Option<u32>,
     /// Eject when the failure share over `failure_window` reaches this (with at least
-    /// `failure_min_requests` requests). Default: off.
+    /// `failure_min_requests` requests). Looked at within a second of the first failure in a
+    /// calm window, then every 100 ms while the window holds failures. Default: off.
     #[serde(default)]
     pub failure_percentage: Option<Percent>,
     /// Window of `failure_percentage` and of the recent success rate. Default 10s.
