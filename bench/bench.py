@@ -123,11 +123,9 @@ def cpu_seconds(p):
     return sum(user_system(p))
 
 
-def run_seconds(p):
-    """Time on CPU of every thread of `p` and its process group (/proc/PID/task/TID/schedstat, in
-    nanoseconds; clock ticks are 10 ms, too coarse for a few idle seconds). Threads that exit are
-    not counted: for a window in which none does."""
-    ns = 0
+def per_thread(p, name):
+    """The text of /proc/PID/task/TID/`name` for every thread of `p` and its process group (a
+    thread that exited meanwhile is left out)."""
     for pid in group_pids(p):
         try:
             tids = os.listdir(f"/proc/{pid}/task")
@@ -135,11 +133,17 @@ def run_seconds(p):
             continue
         for tid in tids:
             try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    ns += int(f.read().split()[0])
-            except (OSError, IndexError, ValueError):
+                with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                    yield f.read()
+            except OSError:
                 pass
-    return ns / 1e9
+
+
+def run_seconds(p):
+    """Time on CPU of every thread of `p` and its process group (schedstat, in nanoseconds; clock
+    ticks are 10 ms, too coarse for a few idle seconds). Threads that exit are not counted: for a
+    window in which none does."""
+    return sum(int(text.split()[0]) for text in per_thread(p, "schedstat") if text.split()) / 1e9
 
 
 def peak_rss_mib(p):

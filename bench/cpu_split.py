@@ -38,19 +38,9 @@ import peers  # noqa: E402
 def switches(p):
     """(voluntary, involuntary) context switches of every thread of `p`'s processes."""
     vol = invol = 0
-    for pid in bench.group_pids(p):
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for t in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{t}/status") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            vol += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
-            invol += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
+    for text in bench.per_thread(p, "status"):
+        vol += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
+        invol += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
     return vol, invol
 
 
