@@ -55,6 +55,8 @@ pub enum HealthProbe {
         /// Inclusive ranges of passing statuses.
         expected_statuses: Vec<(u16, u16)>,
         body_contains: Option<String>,
+        /// Checks share one connection while they pass.
+        reuse_connection: bool,
     },
     Tcp,
 }
@@ -185,6 +187,7 @@ fn check_health(c: &mut Checker, h: &RawHealthCheck) -> HealthCheckConfig {
             host: h.host.clone(),
             expected_statuses: check_statuses(c, h.expected_statuses.as_deref()),
             body_contains: h.body_contains.clone(),
+            reuse_connection: h.reuse_connection.unwrap_or(true),
         },
         Some("tcp") => {
             for (key, set) in [
@@ -193,6 +196,7 @@ fn check_health(c: &mut Checker, h: &RawHealthCheck) -> HealthCheckConfig {
                 ("host", h.host.is_some()),
                 ("expected_statuses", h.expected_statuses.is_some()),
                 ("body_contains", h.body_contains.is_some()),
+                ("reuse_connection", h.reuse_connection.is_some()),
             ] {
                 if set {
                     c.error_at(key, "only applies to protocol: http");

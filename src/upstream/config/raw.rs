@@ -29,6 +29,13 @@ pub struct RawHealthCheck {
     /// The response body must contain this text. Default: the body is not checked.
     #[serde(default)]
     pub body_contains: Option<String>,
+    /// Keep the check's connection open and send the next check on it (Envoy's default), so
+    /// a fleet of sidecars does not open a connection per endpoint per interval. A failed or
+    /// timed-out check closes it, so the next check connects afresh; so does a backend that
+    /// closes it between checks. `false`: a new connection per check (`Connection: close`),
+    /// which also proves the endpoint still accepts connections. Default true.
+    #[serde(default)]
+    pub reuse_connection: Option<bool>,
     /// Time between checks of a stable endpoint. Default 2s.
     #[serde(default)]
     pub interval: Option<Dur>,

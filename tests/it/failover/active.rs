@@ -189,3 +189,33 @@ async fn nothing_healthy_fails_fast_or_panics_as_configured() {
         }
     }
 }
+
+/// Checks reuse one connection per endpoint while they pass (`reuse_connection`, on by default,
+/// as Envoy's): a fleet of sidecars does not open a connection per endpoint per interval. Off,
+/// every check is a connection of its own. A check that fails lets the connection go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_reuse_their_connection_unless_told_not_to() {
+    for reuse in [true, false] {
+        let backend = Killable::start("primary").await;
+        let policy = format!(
+            "health_check: {{ path: /healthz, interval: 100ms, jitter: 0%, timeout: 200ms, reuse_connection: {reuse} }}\n\
+             outlier: {{ enabled: false }}"
+        );
+        let sc = Sidecar::start(&yaml(&[(backend.addr, 0)], &policy)).await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (checks, accepts) = (backend.checks.load(Ordering::SeqCst), backend.accepts.load(Ordering::SeqCst));
+        assert!(checks >= 8, "checks every 100 ms: {checks} in 1.2 s");
+        if reuse {
+            assert_eq!(accepts, 1, "{checks} checks on one connection");
+            backend.health_status.store(503, Ordering::SeqCst);
+            assert!(
+                eventually(Duration::from_secs(3), || async { backend.accepts.load(Ordering::SeqCst) >= 3 }).await,
+                "each failed check lets its connection go: {} connections",
+                backend.accepts.load(Ordering::SeqCst)
+            );
+        } else {
+            assert!(accepts + 1 >= checks && accepts <= checks + 1, "one connection per check: {accepts} for {checks}");
+        }
+        drop(sc);
+    }
+}

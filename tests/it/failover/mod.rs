@@ -35,6 +35,9 @@ pub struct Killable {
     pub hits: Arc<AtomicUsize>,
     pub status: Arc<AtomicU16>,
     pub health_status: Arc<AtomicU16>,
+    /// Connections accepted and `/healthz` requests answered.
+    pub accepts: Arc<AtomicUsize>,
+    pub checks: Arc<AtomicUsize>,
     server: Mutex<Option<JoinSet<()>>>,
 }
 
@@ -47,6 +50,8 @@ impl Killable {
             hits: Arc::new(AtomicUsize::new(0)),
             status: Arc::new(AtomicU16::new(200)),
             health_status: Arc::new(AtomicU16::new(200)),
+            accepts: Arc::default(),
+            checks: Arc::default(),
             server: Mutex::new(None),
         });
         k.serve(listener);
@@ -57,14 +62,17 @@ impl Killable {
         let mut set = JoinSet::new();
         let (name, hits, status, health) =
             (self.name, self.hits.clone(), self.status.clone(), self.health_status.clone());
+        let (accepts, checks) = (self.accepts.clone(), self.checks.clone());
         set.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (hits, status, health) = (hits.clone(), status.clone(), health.clone());
+                accepts.fetch_add(1, Ordering::SeqCst);
+                let (hits, status, health, checks) = (hits.clone(), status.clone(), health.clone(), checks.clone());
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let code = if req.uri().path() == "/healthz" {
+                            checks.fetch_add(1, Ordering::SeqCst);
                             health.load(Ordering::SeqCst)
                         } else {
                             hits.fetch_add(1, Ordering::SeqCst);
