@@ -176,8 +176,8 @@ pub fn apply(
 /// per endpoint, each leaving a `TIME_WAIT` behind). While the checker waits for the next check
 /// it watches the connection, so one the backend closes (its keep-alive timeout, a restart) is
 /// let go at once; any failed or timed-out check lets it go too, and the next check connects
-/// afresh, so an endpoint that stops taking connections is found by the check after the first
-/// one that fails on the old connection.
+/// afresh. What reuse gives up (as under Envoy): a backend that stops taking new connections
+/// while the kept one still answers passes its checks; `reuse_connection: false` for that.
 #[derive(Default)]
 pub struct Checker {
     kept: Option<Kept>,
@@ -467,28 +467,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn passing_checks_share_one_connection() {
-        let backend = Backend::start().await;
-        let (mut checker, hc) = (Checker::default(), hc(true));
-        for _ in 0..5 {
-            assert_eq!(check(&mut checker, &backend, &hc).await, Ok("status 200".into()));
-            assert!(checker.keeps_connection());
-            checker.wait(Duration::from_millis(10)).await;
+    async fn passing_checks_share_one_connection_unless_reuse_is_off() {
+        for (reuse, connections) in [(true, 1), (false, 4)] {
+            let backend = Backend::start().await;
+            let (mut checker, hc) = (Checker::default(), hc(reuse));
+            for _ in 0..4 {
+                assert_eq!(check(&mut checker, &backend, &hc).await, Ok("status 200".into()));
+                assert_eq!(checker.keeps_connection(), reuse);
+                checker.wait(Duration::from_millis(10)).await;
+            }
+            assert_eq!(backend.accepts(), connections, "four checks, reuse_connection: {reuse}");
+            assert_eq!(backend.asked_to_close(), vec![!reuse; 4], "`Connection: close` only without reuse");
         }
-        assert_eq!(backend.accepts(), 1, "five checks, one connection");
-        assert_eq!(backend.asked_to_close(), vec![false; 5]);
-    }
-
-    #[tokio::test]
-    async fn without_reuse_every_check_connects_and_asks_to_close() {
-        let backend = Backend::start().await;
-        let (mut checker, hc) = (Checker::default(), hc(false));
-        for _ in 0..3 {
-            assert_eq!(check(&mut checker, &backend, &hc).await, Ok("status 200".into()));
-            assert!(!checker.keeps_connection());
-        }
-        assert_eq!(backend.accepts(), 3);
-        assert_eq!(backend.asked_to_close(), vec![true; 3]);
     }
 
     #[tokio::test]
@@ -519,29 +509,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_check_lets_the_connection_go() {
-        let backend = Backend::start().await;
-        let (mut checker, hc) = (Checker::default(), hc(true));
-        assert!(check(&mut checker, &backend, &hc).await.is_ok());
-        backend.set(UNAVAILABLE);
-        assert_eq!(check(&mut checker, &backend, &hc).await, Err("status 503 is not expected".into()));
-        assert!(!checker.keeps_connection());
-        backend.set(KEEP_ALIVE);
-        assert!(check(&mut checker, &backend, &hc).await.is_ok());
-        assert_eq!(backend.accepts(), 2, "the check after a failure connects afresh");
-    }
-
-    #[tokio::test]
-    async fn a_timed_out_check_lets_the_connection_go() {
-        let backend = Backend::start().await;
-        let (mut checker, hc) = (Checker::default(), hc(true));
-        assert!(check(&mut checker, &backend, &hc).await.is_ok());
-        backend.set(HANG);
-        assert_eq!(check(&mut checker, &backend, &hc).await, Err("no answer within 300ms".into()));
-        assert!(!checker.keeps_connection());
-        backend.set(KEEP_ALIVE);
-        assert!(check(&mut checker, &backend, &hc).await.is_ok());
-        assert_eq!(backend.accepts(), 2);
+    async fn a_failed_or_timed_out_check_lets_the_connection_go() {
+        for (mode, failure) in [(UNAVAILABLE, "status 503 is not expected"), (HANG, "no answer within 300ms")] {
+            let backend = Backend::start().await;
+            let (mut checker, hc) = (Checker::default(), hc(true));
+            assert!(check(&mut checker, &backend, &hc).await.is_ok());
+            backend.set(mode);
+            assert_eq!(check(&mut checker, &backend, &hc).await, Err(failure.into()));
+            assert!(!checker.keeps_connection());
+            backend.set(KEEP_ALIVE);
+            assert!(check(&mut checker, &backend, &hc).await.is_ok());
+            assert_eq!(backend.accepts(), 2, "the check after \"{failure}\" connects afresh");
+        }
     }
 
     #[tokio::test]
