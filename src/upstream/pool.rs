@@ -11,8 +11,9 @@
 //! exchange at a time). A body dropped half-read, an error, or `Connection: close` retires it.
 //! Idle connections are taken newest first, after a check that the backend has not closed them
 //! ([`Conn::is_usable`]; skipped for idempotent requests without a body, which are sent again
-//! instead, see [`ConnPool::send`]), and closed after `idle_timeout` by the cluster controller's
-//! sweep ([`ConnPool::evict_idle`]), off the request path.
+//! instead, see [`ConnPool::send`]), and closed after `idle_timeout`, or once the backend has
+//! closed them, by the cluster controller's sweep ([`ConnPool::evict_idle`]), off the request
+//! path.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,8 +29,18 @@ use crate::proxy::workers;
 
 struct Idle {
     conn: Conn,
+    /// When it came back to the pool.
     since: Instant,
+    /// When the sweep last asked the kernel about it (`since` until then).
+    checked: Instant,
 }
+
+/// The sweep asks the kernel about a connection once it has been idle this long, and again
+/// each time this much more has passed. Under load a connection is taken again well within it
+/// (and a request that must not be sent twice asks itself, [`ConnPool::send`]); after a burst,
+/// hundreds of idle connections are asked about every few seconds instead of every second, and
+/// a worker returning or taking one no longer waits on its list's lock for hundreds of syscalls.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Pool settings (from the cluster's config).
 #[derive(Debug, Clone, Copy)]
@@ -87,7 +98,8 @@ impl h1::Release for Slot {
         }
         let mut list = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if list.len() < self.max_idle {
-            list.push(Idle { conn, since: crate::proxy::clock::now() });
+            let now = crate::proxy::clock::now();
+            list.push(Idle { conn, since: now, checked: now });
         }
     }
 }
@@ -124,12 +136,22 @@ impl ConnPool {
         self.slots.iter().map(|s| s.idle.lock().map(|l| l.len()).unwrap_or(0)).sum()
     }
 
-    /// Closes connections idle for longer than `idle_timeout` or already closed by the peer.
+    /// Closes connections idle for longer than `idle_timeout`, and those the peer has closed
+    /// among the ones not asked about for [`CHECK_EVERY`].
     pub fn evict_idle(&self) {
         let now = crate::proxy::clock::now();
         for slot in self.slots.iter() {
             let mut list = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
-            list.retain(|i| now.duration_since(i.since) < self.cfg.idle_timeout && i.conn.is_usable());
+            list.retain_mut(|i| {
+                if now.duration_since(i.since) >= self.cfg.idle_timeout {
+                    return false;
+                }
+                if now.duration_since(i.checked) < CHECK_EVERY {
+                    return true;
+                }
+                i.checked = now;
+                i.conn.is_usable()
+            });
         }
     }
 
@@ -181,5 +203,54 @@ impl ConnPool {
                 Err(Failure::Body(e)) => return Err(SendError::Body(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+
+    use super::h1::Release;
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sweep_asks_about_a_connection_only_once_it_has_been_idle_a_while() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cfg =
+            PoolConfig { connect_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(60), max_idle: 8 };
+        let pool = ConnPool::new(addr, cfg);
+        let mut backend_side = Vec::new();
+        for _ in 0..4 {
+            let conn = pool.connect().await.expect("connect");
+            backend_side.push(Some(listener.accept().await.expect("accept").0));
+            pool.slot().release(conn);
+        }
+        // The backend closes two of the four.
+        backend_side[0] = None;
+        backend_side[1] = None;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::pause();
+        pool.evict_idle();
+        assert_eq!(pool.idle_count(), 4, "idle for less than CHECK_EVERY: not asked about yet");
+        tokio::time::advance(CHECK_EVERY).await;
+        pool.evict_idle();
+        assert_eq!(pool.idle_count(), 2, "asked about once idle a while: the two the backend closed are gone");
+        backend_side[2] = None;
+        // Real time for its close to arrive, then the paused clock one second on.
+        tokio::time::resume();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pool.evict_idle();
+        assert_eq!(pool.idle_count(), 2, "asked about a second ago: not again until CHECK_EVERY has passed");
+        tokio::time::advance(CHECK_EVERY).await;
+        pool.evict_idle();
+        assert_eq!(pool.idle_count(), 1);
+        tokio::time::advance(cfg.idle_timeout).await;
+        pool.evict_idle();
+        assert_eq!(pool.idle_count(), 0, "past idle_timeout, open or not");
     }
 }
