@@ -287,8 +287,7 @@ impl App {
 async fn watch_config_file(state: Arc<AppState>) {
     let Some(path) = state.config_path.clone() else { return };
     let mut last = tokio::fs::read(&path).await.ok();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::beat::interval(crate::beat::SECOND);
     loop {
         tick.tick().await;
         let now = tokio::fs::read(&path).await.ok();

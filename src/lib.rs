@@ -34,6 +34,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod beat;
 pub mod chaos;
 pub mod classify;
 pub mod config;

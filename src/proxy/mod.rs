@@ -164,6 +164,7 @@ impl InFlight {
         slot.in_flight.fetch_add(1, Ordering::Relaxed);
         // Only its worker writes a worker's slot: no read-modify-write instruction needed.
         slot.started.store(slot.started.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        server::request_started();
         InFlight(&slot.in_flight)
     }
 }

@@ -19,7 +19,6 @@
 //! `malloc_trim` for the same reason, every N requests (`lua_malloc_trim`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::workers::Balance;
 use crate::telemetry::names;
@@ -34,8 +33,7 @@ pub fn burst_ended(peak: usize, open: usize) -> bool {
 
 /// Runs until dropped: checks `balance` every second and releases freed memory after a burst.
 pub async fn after_bursts(balance: Arc<Balance>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::beat::interval(crate::beat::SECOND);
     let mut peak = 0;
     loop {
         tick.tick().await;

@@ -13,6 +13,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -126,8 +127,23 @@ pub async fn serve_shared<H, F>(
 /// While its worker is serving requests, a timer due within this (shorter than any request's
 /// deadline or attempt timeout worth having) is always registered on it.
 const HORIZON: Duration = Duration::from_millis(50);
-/// A worker that started no request during the last period wakes once a second.
+/// A worker that started no request during the last [`HORIZON`] looks again after this; one
+/// that started none during this either sleeps until its next request.
 const HORIZON_IDLE: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// This worker's horizon task, while it sleeps until the next request.
+    static HORIZON_ASLEEP: std::cell::Cell<Option<std::task::Waker>> = const { std::cell::Cell::new(None) };
+}
+
+/// A request starts on this thread: on a worker whose horizon task sleeps for want of
+/// requests, the task takes up its timer again.
+#[inline]
+pub fn request_started() {
+    if let Some(w) = HORIZON_ASLEEP.take() {
+        w.wake();
+    }
+}
 
 /// Keeps a timer due within [`HORIZON`] on this worker while it serves requests.
 ///
@@ -138,15 +154,44 @@ const HORIZON_IDLE: Duration = Duration::from_secs(1);
 /// a worker that sleeps between requests had none due sooner: `perf stat` counted 0.66 `write`
 /// per request at full load and 1.6 at 5 000 requests/s. With a timer always due sooner than
 /// any request's, a request's timer is never the earliest, and the writes go (BENCHMARKS.md,
-/// session 12). A worker with nothing to do (idle keep-alive connections included) wakes once
-/// a second; the first requests after a quiet second may pay the writes again.
+/// session 12). A worker that starts no request for a second (idle keep-alive connections
+/// included) holds no timer and sleeps until its next request ([`request_started`]); was: it
+/// woke twice a second for nothing (the wheel's slot, then the timer), on every pod. The first
+/// requests after a quiet second may pay the writes again.
+///
+/// While busy, two timers leapfrog [`HORIZON`] apart: the one re-armed as it fires is due after
+/// the other, so it is never the earliest, and re-arming it costs no `write` either (one timer,
+/// re-armed each time, made 20 a second on a busy worker).
 async fn hold_timer_horizon() {
     let mut seen = super::started_here();
     loop {
-        let now = super::started_here();
-        let period = if now != seen { HORIZON } else { HORIZON_IDLE };
-        seen = now;
-        tokio::time::sleep(period).await;
+        let mut pair = [Box::pin(tokio::time::sleep(HORIZON)), Box::pin(tokio::time::sleep(2 * HORIZON))];
+        loop {
+            let fired = std::future::poll_fn(|cx| match pair.iter_mut().position(|t| t.as_mut().poll(cx).is_ready()) {
+                Some(i) => Poll::Ready(i),
+                None => Poll::Pending,
+            })
+            .await;
+            pair[fired].as_mut().reset(tokio::time::Instant::now() + 2 * HORIZON);
+            let now = super::started_here();
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        drop(pair);
+        tokio::time::sleep(HORIZON_IDLE).await;
+        if super::started_here() == seen {
+            std::future::poll_fn(|cx| {
+                if super::started_here() != seen {
+                    return Poll::Ready(());
+                }
+                HORIZON_ASLEEP.set(Some(cx.waker().clone()));
+                Poll::Pending
+            })
+            .await;
+        }
+        seen = super::started_here();
     }
 }
 

@@ -66,7 +66,7 @@ pub fn render() -> String {
 
 /// Periodic upkeep the exporter needs (histogram buckets draining). Runs until dropped.
 pub async fn upkeep() {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = crate::beat::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
         striped::flush();

@@ -52,7 +52,7 @@ pub async fn run(shared: Arc<Shared>) {
         }
         let now = Instant::now();
         if now >= next_sweep {
-            next_sweep = now + POOL_SWEEP;
+            next_sweep = crate::beat::next_after(now, POOL_SWEEP);
             for e in endpoints.iter() {
                 e.pool.evict_idle();
             }

@@ -207,9 +207,12 @@ impl Breaker {
         let events: VecDeque<Event> = history.into_iter().rev().take(EVENTS_KEPT).rev().collect();
         let status = Arc::new(Mutex::new(Status { since_unix_ms: unix_ms(), events, ..Status::default() }));
         let ctx = task::Ctx::new(name, cluster, gate.clone(), status.clone(), mode);
+        // On the housekeeping beat, the time window's buckets end with the control plane's other
+        // once-a-second chores (a 1 s bucket; a shorter one that divides a second at some of
+        // them): an idle breaker wakes nobody on its own.
         let core = self::core::Core::new(
             config.clone(),
-            tokio::time::Instant::now(),
+            crate::beat::floor(tokio::time::Instant::now(), crate::beat::SECOND),
             Box::new(|| rand::random_range(0..10_000)),
         );
         let span = tracing::info_span!("breaker_policy", breaker = name);

@@ -177,8 +177,9 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 
 async fn check(cfg: BreakerConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let breaker = Breaker::spawn("t", "t", cfg.clone(), Mode::Normal, Vec::new());
-    let mut model =
-        Model { cfg, origin: Instant::now(), state: MState::Closed, calls: Vec::new(), consecutive: 0, trips: 0 };
+    // A time window's buckets start on the housekeeping beat.
+    let origin = crate::beat::floor(Instant::now(), crate::beat::SECOND);
+    let mut model = Model { cfg, origin, state: MState::Closed, calls: Vec::new(), consecutive: 0, trips: 0 };
     for (i, op) in ops.into_iter().enumerate() {
         match op {
             Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
@@ -340,8 +341,11 @@ async fn settle() {
 async fn successes_nobody_rang_about_count_in_the_bucket_they_happened_in() {
     // 10 s in 1 s buckets. The successes at 0.3 s are taken by the task on its own (no sync,
     // no failure rings it) and belong to the first bucket: in the window until 10 s, not after.
+    // Started on a beat, where its buckets start.
+    let t0 = crate::beat::next_after(Instant::now(), crate::beat::SECOND);
+    tokio::time::sleep_until(t0).await;
     let b = Breaker::spawn("w", "w", BreakerConfig::default(), Mode::Normal, Vec::new());
-    let t0 = Instant::now();
+    assert_eq!(crate::beat::floor(Instant::now(), crate::beat::SECOND), t0, "the timer's millisecond past it, no more");
     tokio::time::advance(Duration::from_millis(300)).await;
     let Admit::Yes { epoch, .. } = b.admit() else { panic!("closed") };
     (0..100).for_each(|_| b.record(epoch, false, false, false));
