@@ -264,8 +264,8 @@ def main():
         sys.exit("bench.py measures Lifeline with every resilience layer on: unset LIFELINE_BENCH_WITHOUT")
     if args.quick:
         args.rounds, args.duration, args.latency_duration, args.idle_duration = 1, 2, 3, 1
-    names = args.peers.split(",")
-    if args.compare:
+    names = list(dict.fromkeys(args.peers.split(",")))  # each peer once, in the order given
+    if args.compare and "lifeline-alt" not in names:
         names.append("lifeline-alt")
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(143)))
     signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(130)))
