@@ -27,7 +27,8 @@
 //! watcher (hot reload with one `ArcSwap` store), metrics upkeep, one policy task per circuit
 //! breaker (stopped on shutdown, carried over by reloads that leave it unchanged), per cluster a
 //! controller (outlier ejection, failover plan, failback hold and slow start), active health
-//! checkers and a DNS follower ([`upstream`]), the chaos fault reaper, and graceful drain.
+//! checkers and a DNS follower ([`upstream`]), the chaos fault reaper, and graceful drain. Their
+//! once-a-second chores share one beat ([`beat`]), so an idle sidecar wakes for them together.
 //!
 //! Invariants the design holds to are listed in `DESIGN.md` at the repository root's sibling
 //! `shared/`; each has a test that fails if it breaks.
