@@ -445,30 +445,11 @@ async fn a_lone_answer_costs_no_extra_poll_of_the_reactor() {
 async fn an_idle_sidecar_wakes_a_few_times_a_second() {
     let up = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = |name: &str| {
-        format!(
-            "  {name}:\n    endpoints:\n      - {{ address: {} }}\n\
-             \x20   health_check: {{ path: /healthz, interval: 1s, timeout: 500ms }}\n\
-             \x20   outlier: {{ consecutive_5xx: 5, failure_percentage: 50% }}\n\
-             \x20   breaker: {{ failure_rate: 50%, window: 10s, min_calls: 20, open_for: 5s }}\n\
-             \x20   retry: {{ attempts: 2, per_try_timeout: 800ms }}\n",
-            up.addr
-        )
-    };
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\ntelemetry: {{ access_log: false }}\n\
-         clusters:\n{}{}{}routes:\n  - {{ name: auth, match: {{ path_prefix: /auth/ }}, cluster: auth }}\n\
-         \x20 - {{ name: card, match: {{ path_prefix: /card/ }}, cluster: card }}\n  - {{ name: pay, cluster: pay }}\n",
-        cluster("auth"),
-        cluster("card"),
-        cluster("pay")
-    );
-    let sc = ChildSidecar::spawn(dir.path(), &yaml);
-    for path in ["/auth/x", "/card/x", "/pay/x"] {
-        assert_eq!(get(&sc.url(path)).await.status, 200);
-    }
-    // The workers' horizon timer lasts a second past the last request.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let policy = "health_check: { path: /healthz, interval: 1s, timeout: 500ms }\n\
+                  outlier: { consecutive_5xx: 5, failure_percentage: 50% }\n\
+                  breaker: { failure_rate: 50%, window: 10s, min_calls: 20, open_for: 5s }\n\
+                  retry: { attempts: 2, per_try_timeout: 800ms }";
+    let sc = quiet_sidecar(dir.path(), up.addr, &["auth", "card", "pay"], policy).await;
     let pid = sc.child.id();
     let (before, workers_before) = (wakeups(pid, |_| true), worker_wakeups(pid));
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -488,30 +469,42 @@ async fn an_idle_sidecar_wakes_a_few_times_a_second() {
 async fn the_idle_control_plane_wakes_once_a_second_for_all_its_chores() {
     let up = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = |name: &str| {
-        format!(
-            "  {name}:\n    endpoints:\n      - {{ address: {} }}\n\
-             \x20   breaker: {{ failure_rate: 50%, window: 10s, min_calls: 20, open_for: 5s }}\n",
-            up.addr
-        )
-    };
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\ntelemetry: {{ access_log: false }}\n\
-         clusters:\n{}{}routes:\n  - {{ name: auth, match: {{ path_prefix: /auth/ }}, cluster: auth }}\n\
-         \x20 - {{ name: pay, cluster: pay }}\n",
-        cluster("auth"),
-        cluster("pay")
-    );
-    let sc = ChildSidecar::spawn(dir.path(), &yaml);
-    for path in ["/auth/x", "/pay/x"] {
-        assert_eq!(get(&sc.url(path)).await.status, 200);
-    }
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let policy = "breaker: { failure_rate: 50%, window: 10s, min_calls: 20, open_for: 5s }";
+    let sc = quiet_sidecar(dir.path(), up.addr, &["auth", "pay"], policy).await;
     let pid = sc.child.id();
     let before = wakeups(pid, |_| true);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let woke = wakeups(pid, |_| true) - before;
     assert!(woke <= 15, "the idle sidecar's threads woke {woke} times in 3 s");
+}
+
+/// A sidecar with a cluster per name (one endpoint, `up`; `policy`'s lines under each) and a
+/// route to each (`/NAME/`, the last one for the rest), once a request has gone through each
+/// and 1.5 s have passed (the workers' horizon timer lasts a second past the last request).
+async fn quiet_sidecar(dir: &std::path::Path, up: std::net::SocketAddr, names: &[&str], policy: &str) -> ChildSidecar {
+    let mut yaml = String::from(
+        "listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\ntelemetry: { access_log: false }\nclusters:\n",
+    );
+    for name in names {
+        yaml += &format!("  {name}:\n    endpoints:\n      - {{ address: {up} }}\n");
+        for line in policy.lines() {
+            yaml += &format!("    {}\n", line.trim());
+        }
+    }
+    yaml += "routes:\n";
+    for (i, name) in names.iter().enumerate() {
+        if i + 1 < names.len() {
+            yaml += &format!("  - {{ name: {name}, match: {{ path_prefix: /{name}/ }}, cluster: {name} }}\n");
+        } else {
+            yaml += &format!("  - {{ name: {name}, cluster: {name} }}\n");
+        }
+    }
+    let sc = ChildSidecar::spawn(dir, &yaml);
+    for name in names {
+        assert_eq!(get(&sc.url(&format!("/{name}/x"))).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    sc
 }
 
 /// Thread ids (as text) of the process's proxy worker threads.
