@@ -179,7 +179,7 @@ async fn hold_timer_horizon() {
             }
             seen = now;
         }
-        drop(pair);
+        drop(pair); // their timers go now, or they would wake the quiet second
         tokio::time::sleep(HORIZON_IDLE).await;
         if super::started_here() == seen {
             std::future::poll_fn(|cx| {

@@ -28,20 +28,16 @@ const STEP: Duration = Duration::from_millis(50);
 
 /// `kept` if the wall clock has kept step with it by `now`, else a new anchor.
 fn rebase(kept: Option<Anchor>, now: Instant, wall_now: SystemTime) -> Anchor {
-    match kept {
-        Some((at, wall)) if now >= at => {
-            let expected = wall + (now - at);
-            let drift = match expected.duration_since(wall_now) {
-                Ok(ahead) => ahead,
-                Err(behind) => behind.duration(),
-            };
-            if drift <= STEP {
-                return (at, wall);
-            }
-            (now, wall_now)
+    if let Some((at, wall)) = kept.filter(|(at, _)| now >= *at) {
+        let drift = match (wall + (now - at)).duration_since(wall_now) {
+            Ok(ahead) => ahead,
+            Err(behind) => behind.duration(),
+        };
+        if drift <= STEP {
+            return (at, wall);
         }
-        _ => (now, wall_now),
     }
+    (now, wall_now)
 }
 
 /// The anchor for an answer rendered now.

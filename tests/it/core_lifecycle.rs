@@ -466,7 +466,7 @@ async fn an_idle_sidecar_wakes_a_few_times_a_second() {
 /// these 3 s. Each on its own phase, every chore woke the thread twice (the wheel's slot, then
 /// the timer): 20 times with the two clusters here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_idle_control_plane_wakes_once_a_second_for_all_its_chores() {
+async fn the_idle_control_planes_chores_share_one_beat() {
     let up = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let policy = "breaker: { failure_rate: 50%, window: 10s, min_calls: 20, open_for: 5s }";
